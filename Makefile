@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:  `make train` (the default run)  and  `make test`.
+# Both set up what they need first and skip what is already done.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A pinned torch is installed before the package: a bare `torch` requirement would pull a
+# multi-GB CUDA build where a CPU one is wanted. Override with e.g. TORCH_PIN='torch==2.5.1'.
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.cnnlab-installed
+
+.PHONY: setup data train test lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+data: $(STAMP)
+	bash scripts/ensure-fashion-mnist.sh $(PY)
+
+train: setup data
+	$(VENV)/bin/cnnlab train
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: setup data lint
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Datasets: real file formats, locate/download/verify, batched augmentation and loaders."""

@@ -1,0 +1,37 @@
+"""Trainer callback points; methods and reporters subclass `Callback` and keep state here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cnnlab.engine.trainer import Trainer
+
+
+class Callback:
+    """No-op hooks the trainer calls; override the ones you need."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Called once after set-up (and after a resume has restored state)."""
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Called before the first step of `epoch` (1-based)."""
+
+    def on_step_end(self, trainer: Trainer, step: int, loss: float | None) -> None:
+        """Called after each optimizer step; `loss` is None where reading it would sync a GPU."""
+
+    def on_eval_end(self, trainer: Trainer, split: str, metrics: dict[str, float]) -> None:
+        """Called after evaluating `split` ('val' or 'test')."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+        """Called with the epoch's metrics row, before the checkpoint is written."""
+
+    def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        """Called once with the run summary."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return state to keep in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore state saved by `state_dict`."""

@@ -1,0 +1,40 @@
+"""Evaluation: loss, top-1 and top-5 error of a model over a loader."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnlab.data.loader import InMemoryLoader
+from cnnlab.engine.numerics import Numerics
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: InMemoryLoader, numerics: Numerics, device: torch.device
+) -> dict[str, float]:
+    """Return {'loss', 'error', 'top5_error'} (errors in percent) over the whole loader."""
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    wrong1 = torch.zeros((), device=device, dtype=torch.long)
+    wrong5 = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for batch in loader.epoch(0):
+        x = batch.images.contiguous(memory_format=numerics.memory_format)
+        with numerics.autocast(device):
+            logits = model(x)
+        logits = logits.float()
+        total_loss += nn.functional.cross_entropy(logits, batch.labels, reduction="sum")
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top == batch.labels[:, None]
+        wrong1 += (~hit[:, 0]).sum()
+        wrong5 += (~hit.any(dim=1)).sum()
+        count += len(batch.labels)
+    model.train(was_training)
+    return {
+        "loss": total_loss.item() / count,
+        "error": 100.0 * wrong1.item() / count,
+        "top5_error": 100.0 * wrong5.item() / count,
+    }

@@ -1,0 +1,59 @@
+"""Evaluate a saved checkpoint on a dataset split (what `cnnlab eval` runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlab.config import validate
+from cnnlab.data.loader import InMemoryLoader
+from cnnlab.data.sources import load_split
+from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.evaluate import evaluate
+from cnnlab.engine.numerics import Numerics
+from cnnlab.engine.trainer import resolve_device
+from cnnlab.errors import UserError
+from cnnlab.registry import build_model
+
+
+def evaluate_checkpoint(
+    path: Path, dataset: str | None, root: str | None, split: str = "test"
+) -> dict[str, Any]:
+    """Return loss, top-1/top-5 error (percent) of the checkpoint's model on `split`."""
+    state = load_checkpoint(path)
+    if "config" not in state or "model" not in state:
+        raise UserError(f"{path} is not a cnnlab checkpoint (no config or model state)")
+    cfg = validate(state["config"])
+    name = dataset or cfg.data.name
+    data = load_split(name, split, root or (cfg.data.root if name == cfg.data.name else None))
+    info = data.info
+    device = resolve_device(cfg.train.device)
+    model = build_model(
+        cfg.model.name, in_channels=info.channels, num_classes=info.num_classes,
+        **cfg.model.options(),
+    )  # fmt: skip
+    # Checkpoints written by DDP runs may carry a 'module.' prefix on every key.
+    weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise UserError(
+            f"{path}: the weights do not fit {cfg.model.name} for {name} "
+            f"({info.channels} channels, {info.num_classes} classes): {str(exc).splitlines()[0]}"
+        ) from None
+    numerics = Numerics(**{k: v for k, v in state.get("numerics", {}).items() if k != "measured"})
+    model.to(device=device, memory_format=numerics.memory_format)
+    loader = InMemoryLoader(
+        data.images,
+        data.labels,
+        info.mean,
+        info.std,
+        cfg.train.eval_batch_size,
+        device,
+        train=False,
+    )
+    with torch.no_grad():
+        metrics = evaluate(model, loader, numerics, device)
+    return {**metrics, "dataset": name, "images": len(data.labels)}

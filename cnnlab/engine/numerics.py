@@ -1,0 +1,147 @@
+"""Precision (fp32 / bf16 autocast) and memory format, chosen by measurement when 'auto'.
+
+bf16 is several times faster than fp32 on CPUs with native bf16 units and GPUs, and several
+times *slower* on CPUs without them, so 'auto' times a few training steps of the real model
+in each candidate and keeps the fastest. The verdict is cached per machine, torch version,
+model and batch shape in ~/.cache/cnnlab/numerics.json so later runs skip the measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CACHE_FILE = (
+    Path(os.environ.get("CNNLAB_CACHE", Path.home() / ".cache" / "cnnlab")) / "numerics.json"
+)
+PROBE_BATCH = 64
+
+
+@dataclass
+class Numerics:
+    """The chosen precision and memory format, with the measurements behind an 'auto' choice."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    measured: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Return a short name such as 'bf16+channels_last'."""
+        return self.precision + ("+channels_last" if self.channels_last else "")
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """Return the torch memory format for model weights and inputs."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Return the autocast context for this precision on `device`."""
+        enabled = self.precision == "bf16"
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def bf16_usable(device: torch.device) -> bool:
+    """Return whether bf16 autocast can run on `device`."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}threads"
+
+
+def _images_per_second(
+    model: nn.Module, numerics: Numerics, shape: tuple[int, ...], device: torch.device
+) -> float:
+    model = copy.deepcopy(model).to(device=device, memory_format=numerics.memory_format)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(shape, device=device).contiguous(memory_format=numerics.memory_format)
+    y = torch.zeros(shape[0], dtype=torch.long, device=device)
+
+    def step() -> None:
+        with numerics.autocast(device):
+            loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up: allocations, kernel selection
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    steps, start = 0, time.perf_counter()
+    while steps < 2 or (time.perf_counter() - start < 0.5 and steps < 20):
+        step()
+        steps += 1
+    sync()
+    return steps * shape[0] / (time.perf_counter() - start)
+
+
+def choose_numerics(
+    model: nn.Module,
+    model_key: str,
+    input_shape: tuple[int, int, int],
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    channels_last: str | bool,
+) -> Numerics:
+    """Resolve 'auto' precision / channels_last by timing the candidates (cached)."""
+    precisions = [precision] if precision != "auto" else ["fp32"] + ["bf16"] * bf16_usable(device)
+    layouts = [channels_last] if channels_last != "auto" else [False, True]
+    candidates = [Numerics(p, bool(c)) for p in precisions for c in layouts]
+    if len(candidates) == 1:
+        return candidates[0]
+    shape = (min(batch_size, PROBE_BATCH), *input_shape)
+    c_labels = ",".join(c.label for c in candidates)
+    key = "|".join(
+        [_device_name(device), f"torch {torch.__version__}", model_key, str(shape), c_labels]
+    )
+    cache = _read_cache()
+    if key not in cache:
+        # The probe must not disturb the run: it trains a copy, under a forked RNG.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            cache[key] = {
+                c.label: round(_images_per_second(model, c, shape, device), 1) for c in candidates
+            }
+        _write_cache(cache)
+    measured = cache[key]
+    best = max(
+        candidates,
+        key=lambda c: measured[f"{c.precision}{'+channels_last' if c.channels_last else ''}"],
+    )
+    return Numerics(best.precision, best.channels_last, dict(measured))
+
+
+def _read_cache() -> dict[str, dict[str, float]]:
+    try:
+        return json.loads(CACHE_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(cache: dict[str, dict[str, float]]) -> None:
+    try:
+        CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = CACHE_FILE.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(CACHE_FILE)
+    except OSError:
+        pass  # an unwritable cache only costs a re-measurement next time
+
+
+def numerics_dict(numerics: Numerics) -> dict[str, object]:
+    """Return the choice as plain data for summary.json and checkpoints."""
+    return asdict(numerics)

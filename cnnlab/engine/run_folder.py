@@ -1,0 +1,79 @@
+"""The run folder: its files, safe creation (never overwriting) and re-opening for resume."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cnnlab.engine.checkpoint import atomic_write_text
+from cnnlab.errors import UserError
+
+
+def default_run_dir(name: str, base: Path = Path("runs")) -> Path:
+    """Return runs/<name>-<timestamp>, with a numeric suffix if that folder already exists."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = base / f"{name}-{stamp}"
+    suffix = 2
+    while path.exists():
+        path = base / f"{name}-{stamp}-{suffix}"
+        suffix += 1
+    return path
+
+
+class RunFolder:
+    """Paths and writers for one run's files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.metrics = self.path / "metrics.jsonl"
+        self.log_file = self.path / "log.txt"
+        self.last = self.path / "last.pt"
+        self.best = self.path / "best.pt"
+        self.summary = self.path / "summary.json"
+        self.curves = self.path / "curves.png"
+
+    @classmethod
+    def create(cls, path: Path) -> RunFolder:
+        """Make a new run folder; a non-empty existing folder or an unwritable place is an error."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            resumable = (path / "config.yaml").is_file()
+            hint = (
+                f"continue it with `cnnlab train --resume {path}`"
+                if resumable
+                else "choose another --out"
+            )
+            raise UserError(f"run folder {path} already exists and is not empty; {hint}")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"cannot write the run folder {path}: {exc.strerror or exc}") from None
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Path) -> RunFolder:
+        """Open an existing run folder for resuming; it must hold config.yaml."""
+        run = cls(Path(path))
+        if not run.config.is_file():
+            raise UserError(f"{path} is not a run folder (it has no config.yaml)")
+        return run
+
+    def log(self, line: str) -> None:
+        """Append a line to log.txt."""
+        with open(self.log_file, "a") as f:
+            f.write(line.rstrip("\n") + "\n")
+
+    def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
+        """Rewrite metrics.jsonl from the full history (atomic; the file stays small)."""
+        atomic_write_text(self.metrics, "".join(json.dumps(row) + "\n" for row in history))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write summary.json atomically."""
+        atomic_write_text(self.summary, json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,293 @@
+"""The training loop: set-up, epochs of per-iteration steps, evaluation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.analysis.curves import plot_run_curves
+from cnnlab.analysis.profile import count_flops, count_params
+from cnnlab.config import Config, dump_config
+from cnnlab.data.pipeline import build_data
+from cnnlab.engine.callbacks import Callback
+from cnnlab.engine.checkpoint import (
+    copy_file_atomic,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from cnnlab.engine.evaluate import evaluate
+from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict
+from cnnlab.engine.optim import Schedule, build_optimizer
+from cnnlab.engine.run_folder import RunFolder
+from cnnlab.errors import UserError
+from cnnlab.registry import build_model
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the device for train.device ('auto' picks CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"config key 'train.device': unknown device '{name}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("config key 'train.device': CUDA is not available on this machine")
+    return device
+
+
+class Trainer:
+    """Owns one run: data, model, optimizer, schedule, callbacks, and the run folder."""
+
+    def __init__(self, cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> None:
+        self.cfg = cfg
+        self.run = run
+        self.callbacks = list(callbacks)
+        self.started = time.perf_counter()
+        self.device = resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        self.data = build_data(cfg, self.device)
+        info = self.data.info
+        self.input_shape = (info.channels, *info.image_size)
+        self.model: nn.Module = build_model(
+            cfg.model.name, in_channels=info.channels, num_classes=info.num_classes,
+            **cfg.model.options(),
+        )  # fmt: skip
+        self.params = count_params(self.model)
+        self.flops = count_flops(self.model, self.input_shape)
+        self.steps_per_epoch = len(self.data.train)
+        self.schedule = Schedule(cfg.schedule, cfg.train.epochs, self.steps_per_epoch)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        self.epoch = 0  # completed epochs
+        self.step = 0  # completed optimizer steps
+        self.lr = cfg.optim.lr
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {}
+        self.elapsed_before = 0.0  # wall seconds spent by earlier sessions of a resumed run
+        self.numerics = Numerics()
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # ----------------------------------------------------------------------------- set-up
+    def _place_model(self, numerics: Numerics) -> None:
+        self.numerics = numerics
+        self.model.to(device=self.device, memory_format=numerics.memory_format)
+        self.optimizer = build_optimizer(self.model.parameters(), self.cfg.optim)
+
+    def start_fresh(self) -> None:
+        """Choose numerics (measuring if 'auto') and build the optimizer."""
+        t = self.cfg.train
+        model_key = f"{self.cfg.model.name}{sorted(self.cfg.model.options().items())}"
+        numerics = choose_numerics(
+            self.model, model_key, self.input_shape, t.batch_size, self.device,
+            t.precision, t.channels_last,
+        )  # fmt: skip
+        self._place_model(numerics)
+        self.run.log(f"numerics: {numerics_dict(numerics)}")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Restore model, optimizer, RNG, counters and callbacks from a checkpoint."""
+        saved = state.get("numerics", {})
+        self._place_model(
+            Numerics(saved.get("precision", "fp32"), saved.get("channels_last", False))
+        )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history = list(state["history"])
+        self.best = dict(state["best"])
+        self.elapsed_before = state["elapsed"]
+        for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
+            cb.load_state_dict(cb_state)
+        self.run.log(f"resumed after epoch {self.epoch} (step {self.step})")
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Return everything needed to continue this run exactly."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.model_dump(mode="json"),
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+            "best": self.best,
+            "elapsed": self.elapsed_before + time.perf_counter() - self.started,
+            "numerics": numerics_dict(self.numerics),
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+        }
+
+    # ------------------------------------------------------------------------------ loop
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        model, opt, loader = self.model, self.optimizer, self.data.train
+        model.train()
+        steps = len(loader)
+        losses = torch.zeros(steps, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        # Reading the loss forces a GPU sync, so on a GPU it is checked every few steps.
+        check_every = 1 if self.device.type == "cpu" else 25
+        checked = 0
+        fmt = self.numerics.memory_format
+        start = time.perf_counter()
+        for i, batch in enumerate(loader.epoch(epoch)):
+            self.lr = self.schedule.apply(opt, self.cfg.optim.lr, self.step)
+            with self.numerics.autocast(self.device):
+                logits = model(batch.images.contiguous(memory_format=fmt))
+            loss = self.criterion(logits.float(), batch.labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses[i] = loss.detach()
+            correct += (logits.argmax(1) == batch.labels).sum()
+            self.step += 1
+            shown = None
+            if (i + 1) % check_every == 0 or i + 1 == steps:
+                window = losses[checked : i + 1]
+                if not torch.isfinite(window).all():
+                    bad = checked + int((~torch.isfinite(window)).nonzero()[0])
+                    first_bad = self.step - (i - bad)
+                    raise TrainingDiverged(
+                        f"loss became {window[bad - checked].item()} at step {first_bad} "
+                        f"(epoch {epoch}); stopped. The last good checkpoint is {self.run.last}"
+                        if self.run.last.exists()
+                        else f"loss became non-finite at step {first_bad} (epoch {epoch}) "
+                        "before any checkpoint was written; stopped"
+                    )
+                checked = i + 1
+                shown = float(losses[i])
+            for cb in self.callbacks:
+                cb.on_step_end(self, self.step, shown)
+        seconds = time.perf_counter() - start
+        seen = steps * loader.batch_size
+        return {
+            "lr": self.lr,
+            "train_loss": losses.mean().item(),
+            "train_error": 100.0 * (1 - correct.item() / seen),
+            "seconds": seconds,
+            "images_per_s": seen / seconds,
+        }
+
+    def _evaluate_splits(self, row: dict[str, Any]) -> None:
+        splits = [("val", self.data.val), ("test", self.data.test)]
+        for split, loader in splits:
+            if loader is None:
+                continue
+            start = time.perf_counter()
+            metrics = evaluate(self.model, loader, self.numerics, self.device)
+            row[f"{split}_images_per_s"] = len(loader.labels) / (time.perf_counter() - start)
+            for key, value in metrics.items():
+                row[f"{split}_{key}"] = value
+            for cb in self.callbacks:
+                cb.on_eval_end(self, split, metrics)
+
+    def _note_best(self, row: dict[str, Any]) -> bool:
+        """Record whether this epoch is the new best; chosen on the validation split only."""
+        if self.data.val is None:
+            self.best = {"epoch": row["epoch"], "chosen_by": "last epoch (no validation split)"}
+            return True
+        if "val_error" in row and row["val_error"] < self.best.get("val_error", float("inf")):
+            self.best = {"epoch": row["epoch"], "val_error": row["val_error"], "chosen_by": "val"}
+            return True
+        return False
+
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs and return the summary (also written to summary.json)."""
+        cfg = self.cfg
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        while self.epoch < cfg.train.epochs:
+            epoch = self.epoch + 1
+            for cb in self.callbacks:
+                cb.on_epoch_start(self, epoch)
+            row: dict[str, Any] = {"epoch": epoch, "step": self.step}
+            row.update(self._train_epoch(epoch))
+            row["step"] = self.step
+            if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
+                self._evaluate_splits(row)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch, row)
+            self.epoch = epoch
+            self.history.append(row)
+            is_best = self._note_best(row)
+            save_checkpoint(self.run.last, self.checkpoint_state())
+            if is_best:
+                copy_file_atomic(self.run.last, self.run.best)
+            self.run.write_metrics(self.history)
+            plot_run_curves(
+                self.history, self.run.curves, f"{cfg.name}: {cfg.model.name} on {cfg.data.name}"
+            )
+        summary = self.summary()
+        self.run.write_summary(summary)
+        for cb in self.callbacks:
+            cb.on_train_end(self, summary)
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        """Return the run's final metrics, size, cost, speed and environment."""
+        last = self.history[-1]
+        final = {k: v for k, v in last.items() if k.startswith(("train_", "val_", "test_"))}
+        train_rates = [r["images_per_s"] for r in self.history]
+        return {
+            "name": self.cfg.name,
+            "model": self.cfg.model.name,
+            "dataset": self.cfg.data.name,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "seed": self.cfg.train.seed,
+            "final": final,
+            "best": self.best,
+            "protocol": "final metrics at the last epoch; best.pt "
+            + ("chosen on the validation split" if self.data.val else "is the last epoch"),
+            "params": self.params,
+            "flops": self.flops,
+            "wall_seconds": self.elapsed_before + time.perf_counter() - self.started,
+            "train_images_per_s": sum(train_rates) / len(train_rates),
+            "test_images_per_s": last.get("test_images_per_s"),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "numerics": numerics_dict(self.numerics),
+            "device": str(self.device),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "finished": True,
+        }
+
+
+def train_new(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Start a run in a fresh run folder and train it to the end."""
+    run.config.write_text(dump_config(cfg))
+    run.log(f"cnnlab run {run.path} | torch {torch.__version__}")
+    trainer = Trainer(cfg, run, callbacks)
+    trainer.run.log(f"model {cfg.model.name}: {trainer.params} params, {trainer.flops} FLOPs/image")
+    trainer.start_fresh()
+    return trainer.fit()
+
+
+def train_resume(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Continue a run from its last.pt (or from scratch if it died before its first checkpoint)."""
+    trainer = Trainer(cfg, run, callbacks)
+    if run.last.exists():
+        trainer.restore(load_checkpoint(run.last))
+        # metrics.jsonl may hold an epoch that finished after the checkpoint was written.
+        run.write_metrics(trainer.history)
+    else:
+        trainer.start_fresh()
+    if trainer.epoch >= cfg.train.epochs and run.summary.exists():
+        raise UserError(f"run {run.path} already finished all {cfg.train.epochs} epochs")
+    return trainer.fit()

@@ -1,0 +1,283 @@
+"""ImageNet-size ResNet / ResNeXt, VGG and DenseNet built from cnnlab's own layers.
+
+Structures and initialisation follow torchvision (ResNet v1.5: stride on the 3x3; projection
+shortcuts), so parameter counts match its documented `num_params`. Every head pools
+adaptively, so the same networks run at 224x224 (ImageNet) and 64x64 (Tiny ImageNet).
+EraseReLU (METHODS §1, cnnlab's rule in "Open items" 1) removes, per module: the ReLU after
+the addition (ResNet), the last conv's ReLU before each pooling (VGG), the ReLU before the 3x3
+conv of a dense unit (DenseNet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from cnnlab.models.densenet import DenseUnit, Transition
+from cnnlab.models.layers import (
+    check_norm,
+    erased_modules,
+    init_weights,
+    norm2d,
+    relu,
+    shortcut,
+)
+from cnnlab.models.resnet import _basic_branch, _PostActBlock
+from cnnlab.models.resnext import grouped_bottleneck
+from cnnlab.registry import register_variant
+
+RESNET_LAYOUTS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+VGG_LAYOUTS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
+VGG_WIDTHS = (64, 128, 256, 512, 512)
+
+
+def _imagenet_stem(in_channels: int, width: int, norm: str) -> nn.Sequential:
+    """7x7 stride-2 conv, norm, ReLU, 3x3 stride-2 max-pool: input size / 4."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
+        norm2d(norm, width),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2, padding=1),
+    )
+
+
+class ImageNetResNet(nn.Module):
+    """ResNet-18/34/50/101/152 and ResNeXt (cardinality x base_width), post-activation."""
+
+    def __init__(
+        self,
+        depth: int = 50,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        cardinality: int = 1,
+        base_width: int = 64,
+        norm: str = "bn",
+        erase_relu: bool = False,
+        erase_relu_ratio: float = 1.0,
+        se: bool = False,
+        se_reduction: int = 16,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        check_norm(norm)
+        if depth not in RESNET_LAYOUTS:
+            raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYOUTS)}, got {depth}")
+        block, layout = RESNET_LAYOUTS[depth]
+        if block == "basic" and (cardinality != 1 or base_width != 64):
+            raise ValueError("basic-block ResNets (18/34) need cardinality=1 and base_width=64")
+        if cardinality < 1 or base_width < 1:
+            raise ValueError("cardinality and base_width must be positive")
+        if zero_init_residual and norm == "none":
+            raise ValueError("zero_init_residual needs a norm layer to zero (norm='bn' or 'gn')")
+        expansion = 1 if block == "basic" else 4
+
+        self.stem = _imagenet_stem(in_channels, 64, norm)
+        blocks: list[_PostActBlock] = []
+        in_ch = 64
+        for stage, count in enumerate(layout):
+            planes = 64 * 2**stage
+            out_ch = planes * expansion
+            erased = erased_modules(count, erase_relu_ratio) if erase_relu else set()
+            for i in range(count):
+                stride = 2 if stage > 0 and i == 0 else 1
+                if block == "basic":
+                    branch = _basic_branch(in_ch, planes, stride, norm, last_norm=True)
+                else:
+                    # torchvision's width rule: int(planes * base_width / 64) * groups.
+                    inner = int(planes * base_width / 64) * cardinality
+                    branch = grouped_bottleneck(in_ch, inner, out_ch, stride, cardinality, norm)
+                blocks.append(
+                    _PostActBlock(
+                        branch,
+                        shortcut("B", in_ch, out_ch, stride, norm),
+                        out_ch,
+                        norm,
+                        final_relu=i not in erased,
+                        bn_after_add=False,
+                        se=se_reduction if se else 0,
+                    )
+                )
+                in_ch = out_ch
+        self.stages = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+
+        init_weights(self, "fan_out")
+        self.fc.reset_parameters()  # torchvision keeps nn.Linear's default init for the head
+        if zero_init_residual:
+            # Goyal et al. 2017: each block starts as the identity, which eases early training.
+            for unit in blocks:
+                nn.init.zeros_(unit.branch[-1].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits for a batch of images."""
+        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+
+class ImageNetVGG(nn.Module):
+    """VGG-11/13/16/19: conv stacks with max-pools, adaptive 7x7 pool, 4096-4096 classifier."""
+
+    def __init__(
+        self,
+        depth: int = 16,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        norm: str = "none",
+        erase_relu: bool = False,
+        erase_relu_ratio: float = 1.0,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        check_norm(norm)
+        if depth not in VGG_LAYOUTS:
+            raise ValueError(f"VGG depth must be one of {sorted(VGG_LAYOUTS)}, got {depth}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        layout = VGG_LAYOUTS[depth]
+        # The five conv groups between poolings are VGG's "modules" for EraseReLU.
+        erased = erased_modules(len(layout), erase_relu_ratio) if erase_relu else set()
+
+        layers: list[nn.Module] = []
+        in_ch = in_channels
+        for stage, (count, width) in enumerate(zip(layout, VGG_WIDTHS)):
+            for i in range(count):
+                # torchvision keeps the conv bias even with BN; the counts depend on it.
+                layers += [
+                    nn.Conv2d(in_ch, width, 3, padding=1),
+                    norm2d(norm, width),
+                    relu(erased=stage in erased and i == count - 1),
+                ]
+                in_ch = width
+            layers.append(nn.MaxPool2d(2, stride=2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(7)
+        self.classifier = nn.Sequential(
+            nn.Linear(in_ch * 7 * 7, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, num_classes),
+        )
+        init_weights(self.features, "fan_out")
+        for m in self.classifier:
+            if isinstance(m, nn.Linear):  # torchvision: N(0, 0.01) weights, zero bias
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits for a batch of images."""
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class ImageNetDenseNet(nn.Module):
+    """DenseNet-BC for ImageNet: 7x7 stem, the CIFAR family's bottleneck units and transitions."""
+
+    def __init__(
+        self,
+        block_config: Sequence[int] = (6, 12, 24, 16),
+        growth_rate: int = 32,
+        init_features: int = 64,
+        compression: float = 0.5,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        norm: str = "bn",
+        erase_relu: bool = False,
+        erase_relu_ratio: float = 1.0,
+    ) -> None:
+        super().__init__()
+        check_norm(norm)
+        if not block_config or min(block_config) < 1:
+            raise ValueError(f"block_config needs positive unit counts, got {list(block_config)}")
+        if not 0.0 < compression <= 1.0:
+            raise ValueError(f"compression must lie in (0, 1], got {compression}")
+
+        layers: list[nn.Module] = [_imagenet_stem(in_channels, init_features, norm)]
+        ch = init_features
+        for b, count in enumerate(block_config):
+            erased = erased_modules(count, erase_relu_ratio) if erase_relu else set()
+            for i in range(count):
+                layers.append(
+                    DenseUnit(
+                        ch,
+                        growth_rate,
+                        bottleneck=True,
+                        norm=norm,
+                        post_activation=False,
+                        erase_last_relu=i in erased,
+                        dropout=0.0,
+                    )
+                )
+                ch += growth_rate
+            if b < len(block_config) - 1:
+                out = int(ch * compression)
+                layers.append(Transition(ch, out, norm, post_activation=False))
+                ch = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            norm2d(norm, ch), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        self.fc = nn.Linear(ch, num_classes)
+        # torchvision's DenseNet: kaiming_normal_ with its default fan_in mode, default
+        # nn.Linear weights with a zero bias.
+        init_weights(self, "fan_in")
+        self.fc.reset_parameters()
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits for a batch of images."""
+        return self.fc(self.head(self.features(x)))
+
+
+# Parameter counts (1000 classes) equal torchvision's documented num_params exactly: resnet18
+# 11.7M, 34 21.8M, 50 25.6M, 101 44.5M, 152 60.2M, resnext50_32x4d 25.0M, vgg16_bn 138.4M,
+# densenet121 8.0M (all values pinned in tests/test_zoo_b.py). GN twins equal their BN ones.
+for _depth in RESNET_LAYOUTS:
+    register_variant(
+        f"resnet{_depth}", ImageNetResNet, f"ImageNet ResNet-{_depth} (v1.5)", depth=_depth
+    )
+# The plain names keep `norm` as an option; the *_bn / *_gn names fix it.
+register_variant(
+    "resnext50_32x4d",
+    ImageNetResNet,
+    "ImageNet ResNeXt-50 32x4d",
+    depth=50,
+    cardinality=32,
+    base_width=4,
+)
+register_variant(
+    "resnext50_32x4d_gn",
+    ImageNetResNet,
+    "ImageNet ResNeXt-50 32x4d with GroupNorm (METHODS §1: resnext50_32_4_gn)",
+    depth=50,
+    cardinality=32,
+    base_width=4,
+    norm="gn",
+)
+for _depth in VGG_LAYOUTS:
+    register_variant(f"vgg{_depth}", ImageNetVGG, f"ImageNet VGG-{_depth}", depth=_depth)
+    for _norm in ("bn", "gn"):
+        register_variant(
+            f"vgg{_depth}_{_norm}",
+            ImageNetVGG,
+            f"ImageNet VGG-{_depth} with {_norm.upper()}",
+            depth=_depth,
+            norm=_norm,
+        )
+register_variant(
+    "densenet121",
+    ImageNetDenseNet,
+    "ImageNet DenseNet-121 (k=32)",
+    block_config=(6, 12, 24, 16),
+    growth_rate=32,
+    init_features=64,
+)

@@ -1,0 +1,66 @@
+"""Batched crop and flip: the output equals a hand-made crop of the padded image."""
+
+import torch
+
+from cnnlab.data.augment import crop_flip, to_model_input
+from cnnlab.data.loader import InMemoryLoader
+
+
+def _images(n=16, h=6, w=5, c=2):
+    return torch.randint(1, 255, (n, h, w, c), dtype=torch.uint8)
+
+
+def test_each_output_is_a_crop_of_the_zero_padded_image_maybe_mirrored():
+    imgs, pad = _images(), 2
+    out = crop_flip(imgs, pad, flip=True, generator=torch.Generator().manual_seed(3))
+    padded = torch.nn.functional.pad(imgs, (0, 0, pad, pad, pad, pad))
+    flips = 0
+    for i in range(len(imgs)):
+        crops = {
+            (dy, dx, f)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            for f in (False, True)
+            if torch.equal(
+                out[i],
+                padded[i, dy : dy + 6, dx : dx + 5].flip(1)
+                if f
+                else padded[i, dy : dy + 6, dx : dx + 5],
+            )
+        }
+        assert crops, f"image {i} is not a crop of its padded copy"
+        flips += all(f for _, _, f in crops)
+    assert 0 < flips < len(imgs)
+
+
+def test_no_padding_no_flip_is_identity_and_seeded_is_repeatable():
+    imgs = _images()
+    assert torch.equal(crop_flip(imgs, 0, False, torch.Generator()), imgs)
+    a = crop_flip(imgs, 4, True, torch.Generator().manual_seed(1))
+    b = crop_flip(imgs, 4, True, torch.Generator().manual_seed(1))
+    c = crop_flip(imgs, 4, True, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_normalisation_and_layout():
+    imgs = torch.full((2, 3, 3, 3), 255, dtype=torch.uint8)
+    mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.5, 1.0])
+    x = to_model_input(imgs, mean, 1 / std, torch.float32)
+    assert x.shape == (2, 3, 3, 3)
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_loader_epochs_depend_only_on_seed_and_epoch():
+    imgs, labels = _images(100, 8, 8, 1), torch.arange(100)
+    kw = dict(mean=(0.5,), std=(0.5,), batch_size=32, device=torch.device("cpu"), train=True,
+              crop_padding=2, flip=True, seed=7)  # fmt: skip
+    a, b = InMemoryLoader(imgs, labels, **kw), InMemoryLoader(imgs, labels, **kw)
+    assert len(a) == 3  # the ragged last batch is dropped when training
+    e2a = [x.labels for x in a.epoch(2)]
+    e2b = [x.labels for x in b.epoch(2)]
+    e3 = [x.labels for x in a.epoch(3)]
+    assert all(torch.equal(x, y) for x, y in zip(e2a, e2b))
+    assert not all(torch.equal(x, y) for x, y in zip(e2a, e3))
+    test = InMemoryLoader(imgs, labels, **{**kw, "train": False})
+    assert torch.equal(torch.cat([x.labels for x in test.epoch(0)]), labels)
