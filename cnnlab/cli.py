@@ -44,15 +44,50 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     fetch.add_argument("--root", help="folder to look in first and to download into")
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="run seeds x grid of a recipe, one resumable run folder each")
+    p.add_argument("recipe", type=Path, help="recipe YAML (or a run's config.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 (default: seed 0)")
+    seeds.add_argument("--seed-list", metavar="0,1,2", help="these seeds")
+    p.add_argument("--grid", action="append", default=[], metavar="key=v1,v2",
+                   help="a grid axis (repeat for a product)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=1, metavar="K", help="parallel runs (default 1)")
+    p.add_argument("--shard", default="0/1", metavar="i/n", help="run only shard i of n (0-based)")
+    p.add_argument("--out", type=Path, help="sweep folder (default sweeps/<recipe name>)")
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="tables and curves over the run folders under DIRs")
+    p.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
+    p.add_argument("--by", help="group by these comma-separated config keys only")
+    p.add_argument("--format", choices=["md", "csv"], default="md", help="table format (md)")
+    p.add_argument("--plot", type=Path, metavar="OUT.png", help="draw curves across seeds here")
+    p.add_argument("--markdown", type=Path, metavar="RESULTS.md", help="write a results page")
+
+
+def _add_schedule(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("schedule", help="draw a recipe's learning-rate curve (no training)")
+    p.add_argument("recipe", type=Path, help="recipe YAML (or a run's config.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.add_argument("--out", type=Path, default=Path("lr.png"), help="PNG to write (lr.png)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `cnnlab` command."""
-    parser = argparse.ArgumentParser(prog="cnnlab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cnnlab", description="Train, compare and revive convolutional image classifiers."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
     _add_models(sub)
     _add_data(sub)
+    _add_sweep(sub)
+    _add_report(sub)
+    _add_schedule(sub)
     return parser
 
 

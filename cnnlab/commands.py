@@ -103,3 +103,109 @@ def data(args: argparse.Namespace, console: Console) -> int:
         console.print(f"{args.name} {split}: {len(ds.labels)} images {tuple(ds.images.shape[1:])}")
     console.print(f"{args.name}: files in {folder}")
     return 0
+
+
+def schedule(args: argparse.Namespace, console: Console) -> int:
+    """`cnnlab schedule RECIPE`: the run's per-step learning rate as a PNG, without training."""
+    from cnnlab.analysis.lr_curve import plot_lr_curve
+    from cnnlab.config import load_config
+    from cnnlab.data.pipeline import steps_per_epoch, train_images
+    from cnnlab.engine.optim import Schedule
+
+    cfg = load_config(args.recipe, args.overrides)
+    steps = steps_per_epoch(cfg)
+    lrs = Schedule(cfg.schedule, cfg.train.epochs, steps, base_lr=cfg.optim.lr).curve()
+    title = f"{cfg.name}: {cfg.schedule.name}, {cfg.train.epochs} epochs x {steps} steps"
+    plot_lr_curve(lrs, steps, args.out, title)
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    console.print(
+        f"{train_images(cfg)} training images / batch {cfg.train.batch_size} = {steps} steps "
+        f"per epoch, {len(lrs)} steps; lr {lrs[0]:.4g} at the first step, peak {lrs[peak]:.4g} "
+        f"at step {peak}, {lrs[-1]:.4g} at the last"
+    )
+    console.print(f"learning-rate curve: {args.out}")
+    return 0
+
+
+def sweep(args: argparse.Namespace, console: Console) -> int:
+    """`cnnlab sweep RECIPE`: each (grid point x seed) as its own resumable run folder."""
+    from pathlib import Path
+
+    from cnnlab.config import apply_overrides, read_yaml
+    from cnnlab.experiments import plan as sweeps
+    from cnnlab.experiments.sweep import run_sweep
+
+    if any(o.partition("=")[0].strip() == "train.seed" for o in args.overrides):
+        raise UserError("a sweep sets train.seed itself; use --seeds N or --seed-list 0,1,2")
+    # A bad recipe or override fails here, once, rather than in every run.
+    raw = apply_overrides(read_yaml(args.recipe), args.overrides)
+    spec = sweeps.SweepSpec(
+        str(args.recipe), tuple(args.overrides), sweeps.parse_grid(args.grid),
+        sweeps.parse_seeds(args.seeds, args.seed_list),
+    )  # fmt: skip
+    index, count = sweeps.parse_shard(args.shard)
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    out = args.out or Path("sweeps") / str(raw.get("name") or args.recipe.stem)
+    runs = sweeps.plan(spec)
+    mine = sweeps.shard(runs, index, count)
+    sweeps.claim_folder(out, spec, f"{sweeps.sweep_command(spec)} --out {out}")
+    console.print(
+        f"sweep {out}: {len(runs)} run(s): {len(runs) // len(spec.seeds)} configuration(s) x "
+        f"{len(spec.seeds)} seed(s); shard {index}/{count} has {len(mine)}"
+    )
+    try:
+        outcomes = run_sweep(spec, mine, out, (index, count), args.workers, console)
+    except KeyboardInterrupt:
+        console.print(f"stopped; run the same command again to continue the sweep in {out}")
+        raise
+    failed = [o for o in outcomes if o.status == "failed"]
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "resumed", "skipped")}
+    console.print(
+        f"{counts['trained']} trained, {counts['resumed']} resumed, {counts['skipped']} already "
+        f"done, {len(failed)} failed (see {out / 'sweep.log'}); table: cnnlab report {out}"
+    )
+    return 1 if failed else 0
+
+
+def report(args: argparse.Namespace, console: Console) -> int:
+    """`cnnlab report DIR...`: result tables (with their protocol) and curves across seeds."""
+    import shlex
+    import sys
+
+    from cnnlab.experiments import report as reports
+
+    by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
+    result = reports.build_report(args.dirs, by)
+    picture = args.plot
+    if picture is None and args.markdown is not None:
+        picture = args.markdown.with_suffix(".png")
+    if picture is not None and picture.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UserError(f"--plot {picture}: use a .png, .svg or .pdf file name")
+    # With --format csv, stdout carries the CSV alone (so it can be redirected); the rest goes
+    # to stderr.
+    info = console
+    if args.format == "csv":
+        sys.stdout.write(reports.csv_table(result.rows))
+        info = Console(stderr=True, highlight=False, soft_wrap=True)
+    elif result.rows:
+        console.print(reports.protocol_text(result.rows), markup=False)
+        console.print(reports.markdown_table(result.rows), markup=False)
+    if result.left_out:
+        info.print("\nRuns not in the table:", markup=False)
+        info.print(reports.problems_table(result.left_out), markup=False)
+    if not result.groups:
+        picture = None
+    if picture is not None:
+        from cnnlab.experiments.figures import plot_groups
+
+        plot_groups(reports.curves_of(result), picture, "test error and train loss per epoch")
+        info.print(f"curves: {picture}", markup=False)
+    if args.markdown is not None:
+        options = [*(["--by", args.by] if args.by else []), "--markdown", str(args.markdown)]
+        options += ["--plot", str(picture)] if args.plot else []
+        command = shlex.join(["cnnlab", "report", *map(str, args.dirs), *options])
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(reports.results_page(result, command, args.markdown, picture))
+        info.print(f"results page: {args.markdown}", markup=False)
+    return 0

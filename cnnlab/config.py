@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cnnlab.errors import UserError, closest
 
@@ -54,39 +62,145 @@ class TrainConfig(_Section):
     channels_last: Literal["auto", True, False] = "auto"
     device: str = "auto"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # None keeps each BatchNorm's own momentum; "dynamic" is 1/(1+n), reset every epoch.
+    bn_momentum: float | Literal["dynamic"] | None = None
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("bn_momentum", mode="before")
+    @classmethod
+    def _bn_momentum_policy(cls, value: Any) -> Any:
+        # Checked here so a bad value gets one clear message instead of one per union member.
+        if value is None or value == "dynamic":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ValueError("use a momentum in (0, 1] or 'dynamic'")
+        return float(value)
+
+
+# The optimizer-specific keys each optimizer takes, with its default for each. A key left out
+# (null) means that default, so switching `optim.name` needs no other edit; a key the chosen
+# optimizer does not take is an error rather than silently ignored.
+OPTIMIZER_KEYS: dict[str, dict[str, Any]] = {
+    "sgd": {"momentum": 0.9, "nesterov": True},
+    "adam": {"betas": (0.9, 0.999), "eps": 1e-8},
+    "adamw": {"betas": (0.9, 0.999), "eps": 1e-8},
+    "rmsprop": {"alpha": 0.99, "eps": 1e-8, "momentum": 0.0},
+    "adagrad": {"eps": 1e-10},
+    "adadelta": {"rho": 0.9, "eps": 1e-6},
+}
+_UNIT = Annotated[float, Field(ge=0, lt=1)]
 
 
 class OptimConfig(_Section):
-    """Optimizer settings."""
+    """Optimizer settings; optimizer-specific keys left null take that optimizer's default."""
 
-    name: Literal["sgd"] = "sgd"
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"] = "sgd"
     lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
+    no_decay_bn_bias: bool = False
+    momentum: float | None = Field(None, ge=0, lt=1)
+    nesterov: bool | None = None
+    betas: tuple[_UNIT, _UNIT] | None = None
+    eps: float | None = Field(None, gt=0)
+    alpha: float | None = Field(None, gt=0, lt=1)
+    rho: float | None = Field(None, ge=0, lt=1)
 
     @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> OptimConfig:
-        if self.nesterov and self.momentum == 0:
+    def _keys_fit_the_optimizer(self) -> OptimConfig:
+        takes = OPTIMIZER_KEYS[self.name]
+        for key in ("momentum", "nesterov", "betas", "eps", "alpha", "rho"):
+            if getattr(self, key) is not None and key not in takes:
+                users = ", ".join(n for n, keys in OPTIMIZER_KEYS.items() if key in keys)
+                raise ValueError(
+                    f"optim.{key} is not used by {self.name} (only by {users}); "
+                    f"remove it or set optim.{key}=null"
+                )
+        options = self.options()
+        if options.get("nesterov") and not options.get("momentum"):
             raise ValueError("optim.nesterov=true needs optim.momentum > 0")
         return self
 
+    def options(self) -> dict[str, Any]:
+        """Return the keyword options of optimizer `name`, defaults filled in (not lr/decay)."""
+        return {
+            key: default if getattr(self, key) is None else getattr(self, key)
+            for key, default in OPTIMIZER_KEYS[self.name].items()
+        }
+
 
 class ScheduleConfig(_Section):
-    """Per-iteration learning-rate schedule with optional linear warm-up."""
+    """Per-iteration learning-rate schedule with optional warm-up (linear or constant)."""
 
-    name: Literal["multistep", "cosine", "constant"] = "cosine"
+    name: Literal["multistep", "cosine", "constant", "linear", "onecycle"] = "cosine"
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    warmup_mode: Literal["linear", "constant"] = "linear"
+    warmup_lr: float | None = Field(None, gt=0)
     lr_min_factor: float = Field(0.0, ge=0, le=1)
+    peak_epoch: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _warmup_is_consistent(self) -> ScheduleConfig:
+        if self.warmup_epochs and self.warmup_steps:
+            raise ValueError("set schedule.warmup_epochs or schedule.warmup_steps, not both")
+        has_warmup = bool(self.warmup_epochs or self.warmup_steps)
+        if self.warmup_lr is not None and not has_warmup:
+            raise ValueError(
+                "schedule.warmup_lr needs a warm-up length (schedule.warmup_steps or warmup_epochs)"
+            )
+        if self.warmup_mode == "constant" and has_warmup and self.warmup_lr is None:
+            raise ValueError("schedule.warmup_mode=constant needs schedule.warmup_lr")
+        if self.peak_epoch is not None and self.name != "onecycle":
+            raise ValueError("schedule.peak_epoch applies only to schedule.name=onecycle")
+        return self
+
+
+_PROB = Field(0.0, ge=0, le=1)
 
 
 class AugmentConfig(_Section):
-    """Batched augmentations applied on the training device."""
+    """Batched augmentations and batch mixing applied on the training device."""
 
     crop_padding: int = Field(4, ge=0)
     flip: bool = True
+    cutout_size: int = Field(0, ge=0)  # 0 = off
+    cutout_prob: float = Field(1.0, ge=0, le=1)
+    erase_prob: float = _PROB
+    erase_area: tuple[float, float] = (0.02, 0.4)
+    erase_min_aspect: float = Field(0.3, gt=0, le=1)
+    erase_attempts: int = Field(20, ge=1)
+    erase_fill: Literal["random", "mean"] = "random"
+    patch_shuffle_prob: float = _PROB
+    patch_shuffle_size: int = Field(2, ge=2)
+    mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
+    mix_prob: float = Field(1.0, ge=0, le=1)
+    mix_switch_prob: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("erase_area")
+    @classmethod
+    def _area_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"needs 0 < low <= high <= 1, got [{low}, {high}]")
+        return value
+
+
+class EvalConfig(_Section):
+    """How evaluation forms its predictions."""
+
+    tta: Literal["none", "flip"] = "none"
+
+
+class ReferenceConfig(_Section):
+    """The published figure a recipe targets (informative; it does not change training)."""
+
+    value: float | None = Field(None, ge=0, le=100)  # test error in percent
+    source: str
+    protocol: str
+    row: str
 
 
 class Config(_Section):
@@ -99,22 +213,36 @@ class Config(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    reference: ReferenceConfig | None = None
 
     @model_validator(mode="after")
-    def _milestones_in_range(self) -> Config:
+    def _epochs_in_range(self) -> Config:
+        epochs = self.train.epochs
         for m in self.schedule.milestones:
-            if not 0 < m <= self.train.epochs:
+            if not 0 < m <= epochs:
                 raise ValueError(
-                    f"schedule.milestones: {m} lies outside 1..train.epochs ({self.train.epochs})"
+                    f"schedule.milestones: {m} lies outside 1..train.epochs ({epochs})"
                 )
+        peak = self.schedule.peak_epoch
+        if peak is not None and peak >= epochs:
+            raise ValueError(f"schedule.peak_epoch: {peak} must lie below train.epochs ({epochs})")
         return self
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    # A section may be optional (`ReferenceConfig | None`); look through the union.
+    for member in typing.get_args(annotation) or (annotation,):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            return member
+    return None
 
 
 def _known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
+        sub = _section_type(field.annotation)
+        if sub is not None:
             keys += _known_keys(sub, f"{prefix}{name}.")
         else:
             keys.append(prefix + name)

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cnnlab.cli import main
+from cnnlab.registry import model_entry
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -58,3 +60,46 @@ def read_metrics(run: Path) -> list[dict]:
 def without_timing(rows: list[dict]) -> list[dict]:
     """Drop the wall-clock fields of metrics rows, which differ between equal runs."""
     return [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in rows]
+
+
+# Per family, overrides that shrink a variant to its family's narrowest, shallowest valid form
+# with the same block type and options, so the whole registry runs in seconds. Depth and width
+# are what make the big variants slow; their full-size parameter counts are checked in the
+# family tests (test_models_resnet.py, test_zoo_a.py, test_zoo_b.py).
+def _shallow(kw: dict, basic: int, bottleneck: int) -> int:
+    return bottleneck if kw.get("block") == "bottleneck" else basic
+
+
+def _narrow_layout(kw: dict) -> dict:
+    return {"layout": [v if v == "M" else max(4, v // 16) for v in kw["layout"]]}
+
+
+SHRINK = {
+    "CifarResNet": lambda kw: {"base_width": 4, "depth": _shallow(kw, 8, 11)},
+    "PreactResNet": lambda kw: {"base_width": 4, "depth": _shallow(kw, 8, 11)},
+    "WideResNet": lambda kw: {"widen": 1, "base_width": 4, "depth": 10},
+    "DenseNet": lambda kw: {"growth": 4, "depth": 10 if kw.get("bottleneck") else 7},
+    "PyramidNet": lambda kw: {"alpha": 8, "base_width": 4, "depth": _shallow(kw, 8, 11)},
+    "CifarResNeXt": lambda kw: {"cardinality": 2, "base_width": 4, "stem_width": 8, "depth": 11},
+    "ShakeShakeNet": lambda kw: {"base_width": 4, "stem_width": 4, "depth": 8},
+    "CifarVGG": _narrow_layout,
+    "ImageNetResNet": lambda kw: (
+        {"depth": min(kw["depth"], 50)} | ({"base_width": 4} if kw["depth"] >= 50 else {})
+    ),
+    "ImageNetDenseNet": lambda kw: {
+        "growth_rate": 4,
+        "init_features": 8,
+        "block_config": (1, 1, 1, 1),
+    },
+    "ImageNetVGG": lambda kw: {"hidden": 256},
+}
+IMAGENET_FAMILIES = ("ImageNetResNet", "ImageNetDenseNet", "ImageNetVGG")
+
+
+def small_model(name: str, in_channels: int, num_classes: int) -> torch.nn.Module:
+    """Build `name` shrunk by its family's SHRINK rule (same block type and options)."""
+    entry = model_entry(name)
+    family = entry.factory.__name__
+    kwargs = {**entry.defaults, **entry.fixed}
+    kwargs.update(SHRINK[family](kwargs))
+    return entry.factory(**kwargs, in_channels=in_channels, num_classes=num_classes)

@@ -2,7 +2,7 @@
 
 import torch
 
-from cnnlab.data.augment import crop_flip, to_model_input
+from cnnlab.data.augment import BatchAugment, crop_flip, to_model_input
 from cnnlab.data.loader import InMemoryLoader
 
 
@@ -54,7 +54,7 @@ def test_normalisation_and_layout():
 def test_loader_epochs_depend_only_on_seed_and_epoch():
     imgs, labels = _images(100, 8, 8, 1), torch.arange(100)
     kw = dict(mean=(0.5,), std=(0.5,), batch_size=32, device=torch.device("cpu"), train=True,
-              crop_padding=2, flip=True, seed=7)  # fmt: skip
+              augment=BatchAugment(crop_padding=2, flip=True), seed=7)  # fmt: skip
     a, b = InMemoryLoader(imgs, labels, **kw), InMemoryLoader(imgs, labels, **kw)
     assert len(a) == 3  # the ragged last batch is dropped when training
     e2a = [x.labels for x in a.epoch(2)]

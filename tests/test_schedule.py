@@ -5,8 +5,11 @@ import math
 import pytest
 import torch
 
-from cnnlab.config import ScheduleConfig
+from cnnlab.config import ScheduleConfig, load_config
+from cnnlab.data.pipeline import build_data, steps_per_epoch, train_images
 from cnnlab.engine.optim import Schedule
+from cnnlab.errors import UserError
+from tests.helpers import cli, needs_fashion
 
 
 def test_multistep_drops_at_milestone_epochs():
@@ -38,6 +41,97 @@ def test_linear_warmup_then_cosine_over_the_rest():
 def test_apply_sets_every_param_group():
     params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
     opt = torch.optim.SGD([{"params": params[:1]}, {"params": params[1:]}], lr=1.0)
-    s = Schedule(ScheduleConfig(name="multistep", milestones=[1], gamma=0.5), 2, 4)
-    assert s.apply(opt, 0.2, 5) == pytest.approx(0.1)
+    s = Schedule(ScheduleConfig(name="multistep", milestones=[1], gamma=0.5), 2, 4, base_lr=0.2)
+    assert s.apply(opt, 5) == pytest.approx(0.1)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.1])
+
+
+def test_gcr_fancy_policy_is_a_constant_warmup_in_iterations():
+    cfg = ScheduleConfig(name="multistep", milestones=[80, 120], warmup_steps=400,
+                         warmup_mode="constant", warmup_lr=0.001)  # fmt: skip
+    s = Schedule(cfg, 200, 391, base_lr=0.1)
+    assert [s.lr(i) for i in (0, 200, 399)] == pytest.approx([0.001] * 3)
+    assert s.lr(400) == pytest.approx(0.1)
+    assert s.lr(80 * 391 - 1) == pytest.approx(0.1)
+    assert s.lr(80 * 391) == pytest.approx(0.01)
+    assert s.lr(120 * 391) == pytest.approx(0.001)
+
+
+def test_linear_warmup_in_steps_from_a_given_lr():
+    cfg = ScheduleConfig(name="constant", warmup_steps=4, warmup_lr=0.02)
+    s = Schedule(cfg, 2, 10, base_lr=0.1)
+    # From warmup_lr at step 0 toward base: 0.02 + 0.08 * step / 4.
+    assert [s.lr(i) for i in range(6)] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.1])
+    plain = Schedule(ScheduleConfig(name="constant", warmup_steps=4), 2, 10, base_lr=0.1)
+    assert [plain.lr(i) for i in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
+
+
+def test_linear_decay_to_the_floor():
+    s = Schedule(ScheduleConfig(name="linear", lr_min_factor=0.1), 4, 25)
+    for step in (0, 30, 99):
+        assert s.factor(step) == pytest.approx(1 - 0.9 * step / 100)
+
+
+def test_onecycle_rises_to_the_peak_epoch_then_falls_to_the_floor():
+    s = Schedule(ScheduleConfig(name="onecycle", peak_epoch=2, lr_min_factor=0.0), 10, 10)
+    assert s.factor(0) == pytest.approx(1 / 20)
+    assert s.factor(9) == pytest.approx(10 / 20)
+    assert s.factor(19) == pytest.approx(1.0)
+    assert s.factor(20) == pytest.approx(1.0)
+    assert s.factor(60) == pytest.approx(1 - 40 / 80)
+    assert s.factor(99) == pytest.approx(1 / 80)
+    # Unset, the peak is a quarter of the run; with a floor m both ends approach m.
+    q = Schedule(ScheduleConfig(name="onecycle", lr_min_factor=0.2), 8, 10)
+    assert max(range(80), key=q.factor) == 19
+    assert q.factor(0) == pytest.approx(0.2 + 0.8 / 20)
+    assert q.factor(79) == pytest.approx(1 - 0.8 * 59 / 60)
+
+
+def test_curve_is_the_lr_of_every_step():
+    s = Schedule(ScheduleConfig(name="cosine", warmup_epochs=0.5), 3, 10, base_lr=0.4)
+    curve = s.curve()
+    assert len(curve) == 30 and curve == [s.lr(i) for i in range(30)]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["schedule.warmup_epochs=1", "schedule.warmup_steps=10"], "not both"),
+        (["schedule.warmup_mode=constant", "schedule.warmup_steps=10"], "needs schedule.warmup_lr"),
+        (["schedule.warmup_lr=0.01"], "schedule.warmup_lr needs a warm-up length"),
+        (["schedule.peak_epoch=2"], "applies only to schedule.name=onecycle"),
+        (["schedule.name=onecycle", "schedule.peak_epoch=5"], "must lie below train.epochs"),
+        (["schedule.warmup_steps=-1"], "config key 'schedule.warmup_steps'"),
+        (["schedule.name=poly"], "config key 'schedule.name'"),
+    ],
+)
+def test_bad_schedule_keys_are_named(overrides, message):
+    with pytest.raises(UserError, match=message.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_steps_per_epoch_without_reading_the_images():
+    assert steps_per_epoch(load_config()) == 60000 // 128
+    cfg = load_config(None, ["data.name=cifar10", "data.val_size=5000", "train.batch_size=100"])
+    assert train_images(cfg) == 45000 and steps_per_epoch(cfg) == 450
+    cfg = load_config(None, ["data.train_limit=1000", "train.batch_size=64"])
+    assert steps_per_epoch(cfg) == 15
+    with pytest.raises(UserError, match="larger than the training set"):
+        steps_per_epoch(load_config(None, ["data.train_limit=10"]))
+
+
+@needs_fashion
+def test_step_count_matches_the_loader_and_the_cli_draws_the_curve(tmp_path, capsys):
+    overrides = ["data.val_size=1000", "data.train_limit=5000", "train.batch_size=96"]
+    cfg = load_config(None, overrides)
+    assert steps_per_epoch(cfg) == len(build_data(cfg, torch.device("cpu")).train) == 52
+    out = tmp_path / "lr.png"
+    recipe = "recipes/cifar10/resnet110_warmup.yaml"
+    assert (
+        cli("schedule", recipe, "train.epochs=10", "schedule.milestones=[5,8]", "--out", str(out))
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "50000 training images / batch 128 = 390 steps per epoch, 3900 steps" in text
+    assert "lr 0.001 at the first step, peak 0.1 at step 400" in text
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -1,12 +1,20 @@
-"""Batched augmentation on the training device: one gather does pad-crop and flip together.
+"""Batched augmentation on the training device: whole batches, no per-image Python.
 
-Images stay uint8 NHWC until the last step, where one fused op converts to normalised float
-in NCHW shape with channels_last strides (the layout convolutions prefer on CPU and GPU).
+Pixel-level ops (pad-crop, flip, PatchShuffle) work on uint8 NHWC images; one fused op then
+converts to normalised float in NCHW shape with channels_last strides (the layout
+convolutions prefer on CPU and GPU); Cutout and Random Erasing work on that normalised
+float, so a fill of 0 is the dataset mean. Every random draw comes from the generator passed
+in, which the loader makes per epoch, so a resumed run draws the same augmentations.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from cnnlab.config import AugmentConfig
+from cnnlab.errors import UserError
 
 
 def crop_flip(
@@ -36,9 +44,172 @@ def crop_flip(
     return images[batch, rows[:, :, None], cols[:, None, :]]
 
 
+def patch_shuffle(
+    images: torch.Tensor, size: int, prob: float, generator: torch.Generator
+) -> torch.Tensor:
+    """PatchShuffle: in each chosen NHWC image, permute the pixels inside every size x size patch.
+
+    Each image is chosen with probability `prob`; each non-overlapping patch gets its own
+    random permutation (a pixel moves with all its channels). Rows and columns beyond the last
+    whole patch are left as they are.
+    """
+    n, h, w, c = images.shape
+    dev = images.device
+    gh, gw, k2 = h // size, w // size, size * size
+    core = images[:, : gh * size, : gw * size]
+    patches = core.reshape(n, gh, size, gw, size, c).permute(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(n, gh, gw, k2, c)
+    keys = torch.rand(n, gh, gw, k2, generator=generator, device=dev)
+    chosen = torch.rand(n, generator=generator, device=dev) < prob
+    # Sorting random keys gives a uniform permutation; unchosen images sort 0..k2-1 = identity.
+    keys = torch.where(chosen[:, None, None, None], keys, torch.arange(k2, device=dev) + 1.0)
+    order = keys.argsort(dim=-1)
+    shuffled = patches.gather(3, order[..., None].expand(-1, -1, -1, -1, c))
+    shuffled = shuffled.reshape(n, gh, gw, size, size, c).permute(0, 1, 3, 2, 4, 5)
+    out = images.clone()
+    out[:, : gh * size, : gw * size] = shuffled.reshape(n, gh * size, gw * size, c)
+    return out
+
+
 def to_model_input(
     images: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """Turn uint8 NHWC images into normalised NCHW float (channels_last strides)."""
     x = images.to(dtype).mul_(1.0 / 255.0).sub_(mean).mul_(inv_std)
     return x.permute(0, 3, 1, 2)
+
+
+def _box_mask(
+    top: torch.Tensor, left: torch.Tensor, height: torch.Tensor, width: torch.Tensor, h: int, w: int
+) -> torch.Tensor:
+    """Return (N, H, W) masks of the boxes [top, top+height) x [left, left+width), clipped."""
+    rows = torch.arange(h, device=top.device)
+    cols = torch.arange(w, device=top.device)
+    in_rows = (rows >= top[:, None]) & (rows < (top + height)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + width)[:, None])
+    return in_rows[:, :, None] & in_cols[:, None, :]
+
+
+def cutout(x: torch.Tensor, size: int, prob: float, generator: torch.Generator) -> torch.Tensor:
+    """Cutout (METHODS §4, hysts' rule): zero a size x size square in each chosen NCHW image.
+
+    The centre is uniform over [0, H + o) x [0, W + o) with o = 1 for even sizes (0 for odd),
+    the square spans centre - size//2 .. + size, and it is clipped at the borders, so it may
+    lie partly outside. Applied to normalised images, 0 is the dataset mean. In place.
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    offset = 1 - size % 2
+    cy = torch.randint(h + offset, (n,), generator=generator, device=dev)
+    cx = torch.randint(w + offset, (n,), generator=generator, device=dev)
+    chosen = torch.rand(n, generator=generator, device=dev) < prob
+    side = torch.full((n,), size, device=dev)
+    mask = _box_mask(cy - size // 2, cx - size // 2, side, side, h, w) & chosen[:, None, None]
+    return x.masked_fill_(mask[:, None], 0.0)
+
+
+def random_erasing(
+    x: torch.Tensor,
+    prob: float,
+    area: tuple[float, float],
+    min_aspect: float,
+    attempts: int,
+    fill: torch.Tensor | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Random Erasing: fill a random rectangle of each chosen NCHW image.
+
+    Per attempt (all drawn at once) the area is U(area) of the image and the aspect h/w is
+    U(min_aspect, 1/min_aspect); sides are truncated to int; the first attempt that fits
+    (h < H and w < W) is used and its top-left corner is uniform where it fits (hysts' rule).
+    `fill` is a per-channel value, or None for one U(0, 1) scalar per image (hysts).
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    u = torch.rand(n, attempts, 2, generator=generator, device=dev)
+    target = (area[0] + (area[1] - area[0]) * u[..., 0]) * (h * w)
+    aspect = min_aspect + (1 / min_aspect - min_aspect) * u[..., 1]
+    eh = (target * aspect).sqrt().long()
+    ew = (target / aspect).sqrt().long()
+    fits = (eh < h) & (ew < w)
+    first = fits.int().argmax(dim=1, keepdim=True)  # argmax returns the first fitting attempt
+    eh, ew = eh.gather(1, first)[:, 0], ew.gather(1, first)[:, 0]
+    corner = torch.rand(n, 2, generator=generator, device=dev)
+    top = (corner[:, 0] * (h - eh)).long()
+    left = (corner[:, 1] * (w - ew)).long()
+    chosen = (torch.rand(n, generator=generator, device=dev) < prob) & fits.any(dim=1)
+    mask = (_box_mask(top, left, eh, ew, h, w) & chosen[:, None, None])[:, None]
+    if fill is None:
+        value = torch.rand(n, 1, 1, 1, generator=generator, device=dev, dtype=x.dtype)
+    else:
+        value = fill.to(device=dev, dtype=x.dtype).view(1, c, 1, 1)
+    return torch.where(mask, value, x)
+
+
+@dataclass(frozen=True)
+class BatchAugment:
+    """The per-image augmentations of a training batch, in order; each off at its default.
+
+    Order: crop+flip, PatchShuffle (uint8 pixels), normalise, Cutout, Random Erasing.
+    `erase_fill` None draws one U(0, 1) scalar per image; otherwise it is a per-channel fill.
+    """
+
+    crop_padding: int = 0
+    flip: bool = False
+    patch_shuffle_prob: float = 0.0
+    patch_shuffle_size: int = 2
+    cutout_size: int = 0
+    cutout_prob: float = 1.0
+    erase_prob: float = 0.0
+    erase_area: tuple[float, float] = (0.02, 0.4)
+    erase_min_aspect: float = 0.3
+    erase_attempts: int = 20
+    erase_fill: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_config(
+        cls, cfg: AugmentConfig, mean: tuple[float, ...], image_size: tuple[int, int]
+    ) -> BatchAugment:
+        """Build from `augment.*`; 'mean' erasing fills with the dataset's per-channel mean."""
+        if cfg.patch_shuffle_prob and cfg.patch_shuffle_size > min(image_size):
+            raise UserError(
+                f"augment.patch_shuffle_size={cfg.patch_shuffle_size} is larger than the "
+                f"{image_size[0]}x{image_size[1]} images"
+            )
+        # The official Random Erasing code writes the [0, 1]-scale mean into the *normalised*
+        # image; "mean" reproduces that (it is not 0 = the mean after normalisation).
+        fill = tuple(mean) if cfg.erase_fill == "mean" else None
+        return cls(
+            crop_padding=cfg.crop_padding,
+            flip=cfg.flip,
+            patch_shuffle_prob=cfg.patch_shuffle_prob,
+            patch_shuffle_size=cfg.patch_shuffle_size,
+            cutout_size=cfg.cutout_size,
+            cutout_prob=cfg.cutout_prob,
+            erase_prob=cfg.erase_prob,
+            erase_area=cfg.erase_area,
+            erase_min_aspect=cfg.erase_min_aspect,
+            erase_attempts=cfg.erase_attempts,
+            erase_fill=fill,
+        )
+
+    def pixels(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Apply the uint8 NHWC ops (crop, flip, PatchShuffle)."""
+        images = crop_flip(images, self.crop_padding, self.flip, generator)
+        if self.patch_shuffle_prob:
+            images = patch_shuffle(
+                images, self.patch_shuffle_size, self.patch_shuffle_prob, generator
+            )
+        return images
+
+    def normalised(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Apply the ops on normalised NCHW float (Cutout, Random Erasing)."""
+        if self.cutout_size and self.cutout_prob:
+            x = cutout(x, self.cutout_size, self.cutout_prob, generator)
+        if self.erase_prob:
+            fill = torch.tensor(self.erase_fill) if self.erase_fill is not None else None
+            x = random_erasing(
+                x, self.erase_prob, self.erase_area, self.erase_min_aspect,
+                self.erase_attempts, fill, generator,
+            )  # fmt: skip
+        return x

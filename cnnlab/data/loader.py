@@ -1,7 +1,7 @@
 """In-memory batch loader for small datasets: uint8 tensors on the device, seeded order.
 
-The order and augmentation of epoch e depend only on (seed, e), so a run resumed at the start
-of an epoch draws exactly the batches an uninterrupted run would have drawn.
+The order, augmentation and mixing of epoch e depend only on (seed, e), so a run resumed at
+the start of an epoch draws exactly the batches an uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
@@ -9,17 +9,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from cnnlab.data.augment import crop_flip, to_model_input
+from cnnlab.data.augment import BatchAugment, to_model_input
+from cnnlab.data.mixing import BatchMixer
 
 
 @dataclass
 class Batch:
-    """A model-ready batch: normalised float images (NCHW) and int64 labels."""
+    """A model-ready batch: normalised float images (NCHW), int64 labels, and the soft targets
+    (rows summing to one) when the batch was mixed, else None."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    targets: torch.Tensor | None = None
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -27,6 +31,11 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     gen = torch.Generator(device=device)
     gen.manual_seed((seed * 1_000_003 + epoch * 7919 + 17) % (2**63))
     return gen
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """Return the host-side generator of epoch `epoch`'s per-batch scalars (mixing lambdas)."""
+    return np.random.default_rng([seed % 2**64, epoch, 1])
 
 
 class InMemoryLoader:
@@ -41,8 +50,8 @@ class InMemoryLoader:
         batch_size: int,
         device: torch.device,
         train: bool,
-        crop_padding: int = 0,
-        flip: bool = False,
+        augment: BatchAugment | None = None,
+        mixer: BatchMixer | None = None,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -51,8 +60,8 @@ class InMemoryLoader:
         self.batch_size = batch_size
         self.device = device
         self.train = train
-        self.crop_padding = crop_padding
-        self.flip = flip
+        self.augment = augment or BatchAugment()
+        self.mixer = mixer
         self.seed = seed
         self.dtype = dtype
         self.mean = torch.tensor(mean, device=device, dtype=dtype)
@@ -64,7 +73,7 @@ class InMemoryLoader:
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        """Yield the batches of epoch `epoch` (shuffled and augmented when training)."""
+        """Yield the batches of epoch `epoch` (shuffled, augmented and mixed when training)."""
         n = len(self.labels)
         if not self.train:
             for start in range(0, n, self.batch_size):
@@ -73,8 +82,15 @@ class InMemoryLoader:
                 yield Batch(x, self.labels[start:end])
             return
         gen = epoch_generator(self.seed, epoch, self.device)
+        rng = epoch_rng(self.seed, epoch)
         order = torch.randperm(n, generator=gen, device=self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            raw = crop_flip(self.images[idx], self.crop_padding, self.flip, gen)
-            yield Batch(to_model_input(raw, self.mean, self.inv_std, self.dtype), self.labels[idx])
+            raw = self.augment.pixels(self.images[idx], gen)
+            x = to_model_input(raw, self.mean, self.inv_std, self.dtype)
+            x = self.augment.normalised(x, gen)
+            labels = self.labels[idx]
+            targets = None
+            if self.mixer is not None:
+                x, targets = self.mixer(x, labels, rng)
+            yield Batch(x, labels, targets)

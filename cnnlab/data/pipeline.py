@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from cnnlab.config import Config
+from cnnlab.data.augment import BatchAugment
 from cnnlab.data.loader import InMemoryLoader
-from cnnlab.data.sources import ArrayDataset, DatasetInfo, load_split
+from cnnlab.data.mixing import BatchMixer
+from cnnlab.data.sources import TRAIN_IMAGES, ArrayDataset, DatasetInfo, load_split
 from cnnlab.errors import UserError
 
 
@@ -43,6 +45,27 @@ def _limit(ds: ArrayDataset, limit: int | None) -> ArrayDataset:
     return ArrayDataset(ds.images[:limit], ds.labels[:limit], ds.info)
 
 
+def train_images(cfg: Config) -> int:
+    """Return how many training images a run of `cfg` uses, without reading the dataset."""
+    d = cfg.data
+    n = TRAIN_IMAGES[d.name] - d.val_size
+    if n <= 0:
+        raise UserError(f"data.val_size={d.val_size} leaves no training images (the set has "
+                        f"{TRAIN_IMAGES[d.name]})")  # fmt: skip
+    return min(n, d.train_limit) if d.train_limit is not None else n
+
+
+def steps_per_epoch(cfg: Config) -> int:
+    """Return the optimizer steps per epoch of `cfg` (the ragged last batch is dropped)."""
+    steps = train_images(cfg) // cfg.train.batch_size
+    if steps == 0:
+        raise UserError(
+            f"train.batch_size={cfg.train.batch_size} is larger than the training set "
+            f"({train_images(cfg)} images); lower it or raise data.train_limit"
+        )
+    return steps
+
+
 def build_data(cfg: Config, device: torch.device) -> DataBundle:
     """Return train/val/test loaders for `cfg`, with the data resident on `device`."""
     d = cfg.data
@@ -58,6 +81,8 @@ def build_data(cfg: Config, device: torch.device) -> DataBundle:
             f"({len(train_set.labels)} images); lower it or raise data.train_limit"
         )
     info = train_set.info
+    augment = BatchAugment.from_config(cfg.augment, info.mean, info.image_size)
+    mixer = BatchMixer.from_config(cfg.augment, info.num_classes)
 
     def loader(ds: ArrayDataset, train: bool) -> InMemoryLoader:
         return InMemoryLoader(
@@ -68,8 +93,8 @@ def build_data(cfg: Config, device: torch.device) -> DataBundle:
             cfg.train.batch_size if train else cfg.train.eval_batch_size,
             device,
             train=train,
-            crop_padding=cfg.augment.crop_padding,
-            flip=cfg.augment.flip,
+            augment=augment if train else None,
+            mixer=mixer if train else None,
             seed=cfg.train.seed,
         )
 

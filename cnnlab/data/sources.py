@@ -28,7 +28,15 @@ from cnnlab.data.download import (
 )
 from cnnlab.errors import UserError, closest
 
-__all__ = ["DATASETS", "ArrayDataset", "DatasetInfo", "dataset_info", "load_split", "locate"]
+__all__ = [
+    "DATASETS",
+    "TRAIN_IMAGES",
+    "ArrayDataset",
+    "DatasetInfo",
+    "dataset_info",
+    "load_split",
+    "locate",
+]
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,14 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo(
         "cifar100", 100, 3, (32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _CIFAR100
     ),
+}
+
+# Images in each train split, so a schedule can be laid out without reading the files.
+TRAIN_IMAGES: dict[str, int] = {
+    "fashion_mnist": 60000,
+    "mnist": 60000,
+    "cifar10": 50000,
+    "cifar100": 50000,
 }
 
 

@@ -1,4 +1,4 @@
-"""Evaluation: loss, top-1 and top-5 error of a model over a loader."""
+"""Evaluation: loss, top-1 and top-5 error of a model over a loader, with optional flip TTA."""
 
 from __future__ import annotations
 
@@ -9,9 +9,22 @@ from cnnlab.data.loader import InMemoryLoader
 from cnnlab.engine.numerics import Numerics
 
 
+def predict(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Return logits for NCHW `x`; tta='flip' averages them with those of the mirrored images."""
+    logits = model(x)
+    if tta == "flip":
+        # flip keeps x's memory format (channels_last or not).
+        logits = (logits + model(x.flip(3))) / 2
+    return logits
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: InMemoryLoader, numerics: Numerics, device: torch.device
+    model: nn.Module,
+    loader: InMemoryLoader,
+    numerics: Numerics,
+    device: torch.device,
+    tta: str = "none",
 ) -> dict[str, float]:
     """Return {'loss', 'error', 'top5_error'} (errors in percent) over the whole loader."""
     was_training = model.training
@@ -21,9 +34,9 @@ def evaluate(
     wrong5 = torch.zeros((), device=device, dtype=torch.long)
     count = 0
     for batch in loader.epoch(0):
-        x = batch.images.contiguous(memory_format=numerics.memory_format)
+        x = numerics.layout(batch.images)
         with numerics.autocast(device):
-            logits = model(x)
+            logits = predict(model, x, tta)
         logits = logits.float()
         total_loss += nn.functional.cross_entropy(logits, batch.labels, reduction="sum")
         k = min(5, logits.shape[1])

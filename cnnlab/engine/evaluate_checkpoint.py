@@ -55,5 +55,5 @@ def evaluate_checkpoint(
         train=False,
     )
     with torch.no_grad():
-        metrics = evaluate(model, loader, numerics, device)
+        metrics = evaluate(model, loader, numerics, device, cfg.eval.tta)
     return {**metrics, "dataset": name, "images": len(data.labels)}

@@ -44,6 +44,16 @@ class Numerics:
         """Return the torch memory format for model weights and inputs."""
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Return `x` with exactly the canonical strides of this memory format.
+
+        `.contiguous(memory_format=...)` keeps ambiguous strides (a 1-channel batch counts as
+        both layouts), and a conv whose input and weights disagree on the layout can fall onto
+        a path hundreds of times slower on the CPU; so the strides are made exact here.
+        """
+        wanted = torch.empty_like(x, memory_format=self.memory_format).stride()
+        return x if x.stride() == wanted else x.clone(memory_format=self.memory_format)
+
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """Return the autocast context for this precision on `device`."""
         enabled = self.precision == "bf16"
@@ -68,7 +78,7 @@ def _images_per_second(
 ) -> float:
     model = copy.deepcopy(model).to(device=device, memory_format=numerics.memory_format)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.randn(shape, device=device).contiguous(memory_format=numerics.memory_format)
+    x = numerics.layout(torch.randn(shape, device=device))
     y = torch.zeros(shape[0], dtype=torch.long, device=device)
 
     def step() -> None:

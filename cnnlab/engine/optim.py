@@ -1,60 +1,111 @@
-"""Optimizers and per-iteration learning-rate schedules (with linear warm-up)."""
+"""Optimizers (with an optional no-decay group) and per-iteration learning-rate schedules."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
+from torch import nn
 
 from cnnlab.config import OptimConfig, ScheduleConfig
 
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+    "adadelta": torch.optim.Adadelta,
+}
+# Normalisation layers whose affine weights are exempt from decay under no_decay_bn_bias.
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
-def build_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: OptimConfig
-) -> torch.optim.Optimizer:
-    """Return the optimizer named by `cfg.name`."""
-    return torch.optim.SGD(
-        params,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-    )
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
+    """Split parameters into a decayed group and, if asked, a no-decay group (norms, biases)."""
+    if not no_decay_bn_bias:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    norm_params = {
+        id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(False)
+    }
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        exempt = id(p) in norm_params or name.rsplit(".", 1)[-1] == "bias"
+        (no_decay if exempt else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    groups.append({"params": no_decay, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Return the optimizer named by `cfg.name` over `model`'s parameters."""
+    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias)
+    return OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **cfg.options())
 
 
 class Schedule:
-    """Learning-rate factor as a pure function of the global step, so resume is exact.
+    """Learning rate as a pure function of the global step, so a resumed run is exact.
 
-    Warm-up rises linearly to 1 over `warmup_epochs`; the main schedule then runs over the
-    remaining steps: multistep (x gamma at each milestone epoch) or cosine from 1 to
-    lr_min_factor (m + (1 - m) * (1 + cos(pi t / T)) / 2), or constant.
+    Warm-up (its length in steps or epochs) is linear, rising to the base lr from `warmup_lr`
+    (or from base/W at the first step), or constant at `warmup_lr`. The main schedule then
+    gives a factor of the base lr: multistep (x gamma at each milestone epoch, counted from
+    step 0); cosine, linear and onecycle run over the steps after warm-up, from 1 down to
+    lr_min_factor m. cosine: m + (1 - m)(1 + cos(pi t / T)) / 2; linear: 1 - (1 - m) t / T;
+    onecycle: rises linearly from m to 1 at `peak_epoch`, then falls linearly to m.
     """
 
-    def __init__(self, cfg: ScheduleConfig, epochs: int, steps_per_epoch: int) -> None:
+    def __init__(
+        self, cfg: ScheduleConfig, epochs: int, steps_per_epoch: int, base_lr: float = 1.0
+    ) -> None:
         self.cfg = cfg
+        self.base_lr = base_lr
         self.steps_per_epoch = steps_per_epoch
         self.total = epochs * steps_per_epoch
-        self.warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        self.warmup = cfg.warmup_steps or round(cfg.warmup_epochs * steps_per_epoch)
         self.milestone_steps = sorted(m * steps_per_epoch for m in cfg.milestones)
+        # A quarter of the run when unset, as in airbench-style one-cycle schedules.
+        peak_epoch = cfg.peak_epoch if cfg.peak_epoch is not None else epochs / 4
+        self.peak = max(self.warmup, round(peak_epoch * steps_per_epoch))
+
+    def _warmup_factor(self, step: int) -> float:
+        if self.cfg.warmup_lr is None:
+            return (step + 1) / self.warmup
+        start = self.cfg.warmup_lr / self.base_lr
+        if self.cfg.warmup_mode == "constant":
+            return start
+        return start + (1 - start) * step / self.warmup
 
     def factor(self, step: int) -> float:
         """Return the multiplier of the base lr at global step `step` (0-based)."""
         if step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.cfg.name == "multistep":
-            passed = sum(step >= m for m in self.milestone_steps)
+            return self._warmup_factor(step)
+        name, m = self.cfg.name, self.cfg.lr_min_factor
+        if name == "multistep":
+            passed = sum(step >= s for s in self.milestone_steps)
             return self.cfg.gamma**passed
-        if self.cfg.name == "cosine":
-            span = max(1, self.total - self.warmup)
-            t = min(step - self.warmup, span)
-            m = self.cfg.lr_min_factor
+        if name == "onecycle":
+            if step < self.peak:
+                return m + (1 - m) * (step - self.warmup + 1) / (self.peak - self.warmup)
+            return 1 - (1 - m) * (step - self.peak) / max(1, self.total - self.peak)
+        span = max(1, self.total - self.warmup)
+        t = min(step - self.warmup, span)
+        if name == "cosine":
             return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * t / span))
+        if name == "linear":
+            return 1 - (1 - m) * t / span
         return 1.0
 
-    def apply(self, optimizer: torch.optim.Optimizer, base_lr: float, step: int) -> float:
+    def lr(self, step: int) -> float:
+        """Return the learning rate at global step `step`."""
+        return self.base_lr * self.factor(step)
+
+    def curve(self) -> list[float]:
+        """Return the learning rate of every step of the run."""
+        return [self.lr(step) for step in range(self.total)]
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         """Set every param group's lr for `step`; return it."""
-        lr = base_lr * self.factor(step)
+        lr = self.lr(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         return lr

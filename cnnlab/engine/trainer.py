@@ -17,6 +17,7 @@ from cnnlab.config import Config, dump_config
 from cnnlab.data.pipeline import build_data
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import (
+    atomic_write_text,
     copy_file_atomic,
     load_checkpoint,
     rng_state,
@@ -24,11 +25,14 @@ from cnnlab.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from cnnlab.engine.ema import WeightEMA
 from cnnlab.engine.evaluate import evaluate
+from cnnlab.engine.losses import soft_target_cross_entropy
 from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict
 from cnnlab.engine.optim import Schedule, build_optimizer
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.errors import UserError
+from cnnlab.methods.bn_momentum import BNMomentum
 from cnnlab.registry import build_model
 
 CHECKPOINT_FORMAT = 1
@@ -51,13 +55,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def config_callbacks(cfg: Config) -> list[Callback]:
+    """Return the callbacks that config options switch on (BN-momentum policy, weight EMA)."""
+    callbacks: list[Callback] = []
+    if cfg.train.bn_momentum is not None:
+        callbacks.append(BNMomentum(cfg.train.bn_momentum))
+    if cfg.train.ema_decay:
+        callbacks.append(WeightEMA(cfg.train.ema_decay))
+    return callbacks
+
+
 class Trainer:
     """Owns one run: data, model, optimizer, schedule, callbacks, and the run folder."""
 
     def __init__(self, cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> None:
         self.cfg = cfg
         self.run = run
-        self.callbacks = list(callbacks)
+        # Config-driven callbacks come first, so e.g. EMA metrics are in the row reporters see.
+        self.callbacks = [*config_callbacks(cfg), *callbacks]
         self.started = time.perf_counter()
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
@@ -71,8 +86,9 @@ class Trainer:
         self.params = count_params(self.model)
         self.flops = count_flops(self.model, self.input_shape)
         self.steps_per_epoch = len(self.data.train)
-        self.schedule = Schedule(cfg.schedule, cfg.train.epochs, self.steps_per_epoch)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        self.schedule = Schedule(
+            cfg.schedule, cfg.train.epochs, self.steps_per_epoch, base_lr=cfg.optim.lr
+        )
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
         self.lr = cfg.optim.lr
@@ -86,7 +102,7 @@ class Trainer:
     def _place_model(self, numerics: Numerics) -> None:
         self.numerics = numerics
         self.model.to(device=self.device, memory_format=numerics.memory_format)
-        self.optimizer = build_optimizer(self.model.parameters(), self.cfg.optim)
+        self.optimizer = build_optimizer(self.model, self.cfg.optim)
 
     def start_fresh(self) -> None:
         """Choose numerics (measuring if 'auto') and build the optimizer."""
@@ -143,18 +159,21 @@ class Trainer:
         # Reading the loss forces a GPU sync, so on a GPU it is checked every few steps.
         check_every = 1 if self.device.type == "cpu" else 25
         checked = 0
-        fmt = self.numerics.memory_format
+        smoothing = self.cfg.train.label_smoothing
         start = time.perf_counter()
         for i, batch in enumerate(loader.epoch(epoch)):
-            self.lr = self.schedule.apply(opt, self.cfg.optim.lr, self.step)
+            self.lr = self.schedule.apply(opt, self.step)
             with self.numerics.autocast(self.device):
-                logits = model(batch.images.contiguous(memory_format=fmt))
-            loss = self.criterion(logits.float(), batch.labels)
+                logits = model(self.numerics.layout(batch.images))
+            soft = batch.targets is not None
+            targets = batch.targets if soft else batch.labels
+            loss = soft_target_cross_entropy(logits.float(), targets, smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses[i] = loss.detach()
-            correct += (logits.argmax(1) == batch.labels).sum()
+            # Under mixing, a prediction counts as right when it names the dominant label.
+            correct += (logits.argmax(1) == (targets.argmax(1) if soft else targets)).sum()
             self.step += 1
             shown = None
             if (i + 1) % check_every == 0 or i + 1 == steps:
@@ -183,16 +202,25 @@ class Trainer:
             "images_per_s": seen / seconds,
         }
 
-    def _evaluate_splits(self, row: dict[str, Any]) -> None:
-        splits = [("val", self.data.val), ("test", self.data.test)]
-        for split, loader in splits:
+    def _evaluate(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        out = {}
+        for split, loader in (("val", self.data.val), ("test", self.data.test)):
             if loader is None:
                 continue
             start = time.perf_counter()
-            metrics = evaluate(self.model, loader, self.numerics, self.device)
-            row[f"{split}_images_per_s"] = len(loader.labels) / (time.perf_counter() - start)
-            for key, value in metrics.items():
-                row[f"{split}_{key}"] = value
+            out[split] = evaluate(model, loader, self.numerics, self.device, self.cfg.eval.tta)
+            out[split]["images_per_s"] = len(loader.labels) / (time.perf_counter() - start)
+        return out
+
+    def evaluate_splits(self, model: nn.Module, prefix: str = "") -> dict[str, float]:
+        """Evaluate `model` on val (if held out) and test; keys like f'{prefix}test_error'."""
+        results = self._evaluate(model)
+        return {f"{prefix}{split}_{k}": v for split, m in results.items() for k, v in m.items()}
+
+    def _evaluate_splits(self, row: dict[str, Any]) -> None:
+        for split, metrics in self._evaluate(self.model).items():
+            row.update({f"{split}_{key}": value for key, value in metrics.items()})
+            metrics = {k: v for k, v in metrics.items() if k != "images_per_s"}
             for cb in self.callbacks:
                 cb.on_eval_end(self, split, metrics)
 
@@ -241,7 +269,7 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         """Return the run's final metrics, size, cost, speed and environment."""
         last = self.history[-1]
-        final = {k: v for k, v in last.items() if k.startswith(("train_", "val_", "test_"))}
+        final = {k: v for k, v in last.items() if k.startswith(("train_", "val_", "test_", "ema_"))}
         train_rates = [r["images_per_s"] for r in self.history]
         return {
             "name": self.cfg.name,
@@ -271,7 +299,7 @@ class Trainer:
 
 def train_new(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Start a run in a fresh run folder and train it to the end."""
-    run.config.write_text(dump_config(cfg))
+    atomic_write_text(run.config, dump_config(cfg))
     run.log(f"cnnlab run {run.path} | torch {torch.__version__}")
     trainer = Trainer(cfg, run, callbacks)
     trainer.run.log(f"model {cfg.model.name}: {trainer.params} params, {trainer.flops} FLOPs/image")

@@ -123,7 +123,10 @@ class ImageNetResNet(nn.Module):
 
 
 class ImageNetVGG(nn.Module):
-    """VGG-11/13/16/19: conv stacks with max-pools, adaptive 7x7 pool, 4096-4096 classifier."""
+    """VGG-11/13/16/19: conv stacks, max-pools, adaptive 7x7 pool, FC classifier (4096 wide).
+
+    `hidden` narrows the classifier, e.g. for Tiny ImageNet where 4096 units overfit.
+    """
 
     def __init__(
         self,
@@ -134,9 +137,12 @@ class ImageNetVGG(nn.Module):
         erase_relu: bool = False,
         erase_relu_ratio: float = 1.0,
         dropout: float = 0.5,
+        hidden: int = 4096,
     ) -> None:
         super().__init__()
         check_norm(norm)
+        if hidden < 1:
+            raise ValueError(f"hidden (classifier width) must be positive, got {hidden}")
         if depth not in VGG_LAYOUTS:
             raise ValueError(f"VGG depth must be one of {sorted(VGG_LAYOUTS)}, got {depth}")
         if not 0.0 <= dropout < 1.0:
@@ -160,13 +166,13 @@ class ImageNetVGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(7)
         self.classifier = nn.Sequential(
-            nn.Linear(in_ch * 7 * 7, 4096),
+            nn.Linear(in_ch * 7 * 7, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(4096, 4096),
+            nn.Linear(hidden, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(4096, num_classes),
+            nn.Linear(hidden, num_classes),
         )
         init_weights(self.features, "fan_out")
         for m in self.classifier:

@@ -141,8 +141,9 @@ class PreactResNet(nn.Module):
 
 # He et al. 2016b (Identity Mappings), Table 3/5: preact-110 1.7M, preact-164 1.7M,
 # preact-1001 10.2M; preact-20/56 share the basic design of the 2016 CIFAR nets (0.27M/0.85M).
-for _depth, _block in ((20, "basic"), (56, "basic"), (110, "basic"), (164, "bottleneck"),
-                       (1001, "bottleneck")):  # fmt: skip
+# preact-50 (8 basic units per stage) is hysts' Fashion-MNIST/MNIST model (REFERENCES §1).
+for _depth, _block in ((20, "basic"), (50, "basic"), (56, "basic"), (110, "basic"),
+                       (164, "bottleneck"), (1001, "bottleneck")):  # fmt: skip
     register_variant(
         f"preact_resnet{_depth}",
         PreactResNet,

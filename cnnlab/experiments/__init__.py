@@ -1,0 +1,1 @@
+"""Experiments over many runs: seed x grid sweeps (`sweep`) and result tables (`report`)."""

@@ -1,0 +1,55 @@
+"""Numerics: exact input layout, and 'auto' choosing the measured fastest without side effects."""
+
+import pytest
+import torch
+
+from cnnlab.engine import numerics as num
+from cnnlab.engine.numerics import Numerics, choose_numerics
+from cnnlab.models.preact import PreactResNet
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_layout_gives_the_exact_strides_of_the_format(channels_last, channels):
+    # A 1-channel batch from the NHWC loader has channels-last strides that also count as
+    # contiguous; a conv fed the layout its weights do not have can be hundreds of times slower.
+    n = Numerics("fp32", channels_last)
+    canonical = torch.empty(4, channels, 6, 5, memory_format=n.memory_format).stride()
+    for x in (torch.randn(4, 6, 5, channels).permute(0, 3, 1, 2), torch.randn(4, channels, 6, 5)):
+        out = n.layout(x)
+        assert out.stride() == canonical
+        assert torch.equal(out, x)
+
+
+def test_auto_picks_the_fastest_measured_and_caches_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(num, "CACHE_FILE", tmp_path / "numerics.json")
+    speeds = {"fp32": 100.0, "fp32+channels_last": 300.0, "bf16": 50.0, "bf16+channels_last": 60.0}
+    calls = []
+
+    def fake_speed(model, candidate, shape, device):
+        calls.append(candidate.label)
+        return speeds[candidate.label]
+
+    monkeypatch.setattr(num, "_images_per_second", fake_speed)
+    model = PreactResNet(depth=8, in_channels=1, base_width=4)
+    args = (model, "tiny", (1, 28, 28), 128, torch.device("cpu"), "auto", "auto")
+    chosen = choose_numerics(*args)
+    assert (chosen.precision, chosen.channels_last) == ("fp32", True)
+    assert chosen.measured == speeds and sorted(calls) == sorted(speeds)
+    again = choose_numerics(*args)
+    assert again == chosen and len(calls) == 4  # the second call reads the cache
+    fixed = choose_numerics(*args[:5], "bf16", False)
+    assert (fixed.precision, fixed.channels_last, fixed.measured) == ("bf16", False, {})
+
+
+def test_measuring_does_not_disturb_the_model_or_the_rng(monkeypatch, tmp_path):
+    monkeypatch.setattr(num, "CACHE_FILE", tmp_path / "numerics.json")
+    monkeypatch.setattr(num, "bf16_usable", lambda device: False)
+    model = PreactResNet(depth=8, in_channels=1, base_width=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    choose_numerics(model, "tiny", (1, 12, 12), 8, torch.device("cpu"), "fp32", "auto")
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

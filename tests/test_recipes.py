@@ -1,0 +1,42 @@
+"""Every shipped recipe loads, validates, builds its model and names the row it reproduces."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.config import RECIPES_DIR, load_config
+from cnnlab.data.pipeline import steps_per_epoch
+from cnnlab.data.sources import dataset_info
+from cnnlab.engine.optim import Schedule
+from cnnlab.registry import build_model
+
+RECIPES = sorted(RECIPES_DIR.rglob("*.yaml"))
+
+
+def test_the_reference_tables_have_their_recipes():
+    folders = {p.parent.name for p in RECIPES}
+    assert {"fashion_mnist", "mnist", "cifar10"} <= folders
+    assert len(RECIPES) > 40
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(RECIPES_DIR)))
+def test_recipe_loads_and_builds(path: Path):
+    cfg = load_config(path)
+    info = dataset_info(cfg.data.name)
+    with torch.device("meta"):
+        build_model(cfg.model.name, in_channels=info.channels, num_classes=info.num_classes,
+                    **cfg.model.options())  # fmt: skip
+    schedule = Schedule(cfg.schedule, cfg.train.epochs, steps_per_epoch(cfg), cfg.optim.lr)
+    assert schedule.lr(0) > 0
+    if path.name == "default.yaml":
+        return
+    assert path.parent.name == cfg.data.name  # recipes/<dataset>/<row>.yaml
+    ref = cfg.reference
+    assert ref is not None and ref.value is not None and 0 < ref.value < 100
+    assert ref.source and ref.protocol and ref.row
+
+
+def test_each_recipe_reproduces_a_different_row():
+    rows = [load_config(p).reference.row for p in RECIPES if p.name != "default.yaml"]
+    assert len(rows) == len(set(rows))

@@ -1,0 +1,105 @@
+"""Weight EMA, BatchNorm-momentum policies and flip test-time augmentation."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.config import load_config
+from cnnlab.data.loader import InMemoryLoader
+from cnnlab.engine.ema import WeightEMA
+from cnnlab.engine.evaluate import evaluate, predict
+from cnnlab.engine.numerics import Numerics
+from cnnlab.engine.trainer import config_callbacks
+from cnnlab.methods.bn_momentum import BNMomentum
+
+
+def bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(48, 4))
+
+
+def test_ema_follows_the_formula_and_survives_a_checkpoint():
+    net = bn_net()
+    trainer = SimpleNamespace(model=net)
+    ema = WeightEMA(0.9)
+    ema.on_train_start(trainer)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    net.train()(torch.randn(4, 1, 6, 6))  # moves the running stats and the batch counter
+    ema.on_step_end(trainer, 1, None)
+    now = net.state_dict()
+    for key, value in ema.model.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.9 * start[key] + 0.1 * now[key]), key
+        else:
+            assert torch.equal(value, now[key]), key
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+    saved = ema.state_dict()
+    again = WeightEMA(0.9)
+    again.load_state_dict(saved)
+    again.on_train_start(trainer)
+    assert all(torch.equal(a, b) for a, b in zip(saved["weights"].values(),
+                                                 again.model.state_dict().values()))  # fmt: skip
+
+
+def test_dynamic_bn_momentum_is_the_epoch_average_and_resets():
+    net = bn_net().train()
+    bn = net[1]
+    trainer = SimpleNamespace(model=net)
+    policy = BNMomentum("dynamic")
+    policy.on_train_start(trainer)
+    assert bn.momentum is None
+    torch.manual_seed(1)
+    batches = [torch.randn(8, 1, 6, 6) * (i + 1) + i for i in range(3)]
+    for epoch in (1, 2):
+        policy.on_epoch_start(trainer, epoch)
+        means, variances = [], []
+        for x in batches[: 4 - epoch]:
+            features = net[0](x)
+            means.append(features.mean((0, 2, 3)))
+            variances.append(features.var((0, 2, 3), unbiased=True))
+            net(x)
+        # momentum 1/(1+n) before batch n: the running stats are plain averages over the epoch.
+        assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
+        assert torch.allclose(bn.running_var, torch.stack(variances).mean(0), atol=1e-4)
+        assert bn.num_batches_tracked.item() == len(means)
+
+
+def test_fixed_bn_momentum_is_set_on_every_batchnorm():
+    net = nn.Sequential(bn_net(), nn.BatchNorm1d(4))
+    BNMomentum(0.01).on_train_start(SimpleNamespace(model=net))
+    assert [
+        m.momentum for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ] == [
+        0.01,
+        0.01,
+    ]
+
+
+def test_config_switches_the_callbacks_on():
+    assert config_callbacks(load_config()) == []
+    cfg = load_config(None, ["train.bn_momentum=dynamic", "train.ema_decay=0.99"])
+    kinds = [type(cb) for cb in config_callbacks(cfg)]
+    assert kinds == [BNMomentum, WeightEMA]
+
+
+def test_flip_tta_averages_the_logits_of_image_and_mirror():
+    net = bn_net().eval()
+    x = torch.randn(5, 1, 6, 6)
+    with torch.no_grad():
+        expected = (net(x) + net(x.flip(3))) / 2
+        assert torch.allclose(predict(net, x, "flip"), expected)
+        assert torch.equal(predict(net, x, "none"), net(x))
+    images = torch.randint(0, 255, (40, 6, 6, 1), dtype=torch.uint8)
+    labels = torch.randint(4, (40,))
+    loader = InMemoryLoader(images, labels, (0.5,), (0.5,), 16, torch.device("cpu"), train=False)
+    flip = evaluate(net, loader, Numerics(), torch.device("cpu"), tta="flip")
+    x = (images.float() / 255 - 0.5).div(0.5).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        wrong = ((net(x) + net(x.flip(3))).argmax(1) != labels).float().mean().item()
+    assert flip["error"] == pytest.approx(100 * wrong)
