@@ -31,6 +31,7 @@ from cnnlab.engine.losses import soft_target_cross_entropy
 from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict
 from cnnlab.engine.optim import Schedule, build_optimizer
 from cnnlab.engine.run_folder import RunFolder
+from cnnlab.engine.tensorboard import TensorBoardWriter, tensorboard_available
 from cnnlab.errors import UserError
 from cnnlab.methods.bn_momentum import BNMomentum
 from cnnlab.registry import build_model
@@ -56,12 +57,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def config_callbacks(cfg: Config) -> list[Callback]:
-    """Return the callbacks that config options switch on (BN-momentum policy, weight EMA)."""
+    """Return the callbacks that config options (BN momentum, EMA) and installed tools switch on."""
     callbacks: list[Callback] = []
     if cfg.train.bn_momentum is not None:
         callbacks.append(BNMomentum(cfg.train.bn_momentum))
     if cfg.train.ema_decay:
         callbacks.append(WeightEMA(cfg.train.ema_decay))
+    if tensorboard_available():
+        callbacks.append(TensorBoardWriter())
     return callbacks
 
 
