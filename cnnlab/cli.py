@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +24,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="test loss, top-1 and top-5 error of a saved model")
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("--data", help="dataset name (default: the one it was trained on)")
-    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument("--data", help="dataset name or 'folder' (default: the one it was trained on)")
+    p.add_argument("--data-root", help="folder holding the dataset files (or the image folder)")
     p.add_argument("--split", default="test", choices=["test", "train"])
 
 
@@ -42,6 +43,22 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     fetch = data_sub.add_parser("fetch", help="locate a dataset, downloading it if missing")
     fetch.add_argument("name", help="fashion_mnist, mnist, cifar10 or cifar100")
     fetch.add_argument("--root", help="folder to look in first and to download into")
+    prep = data_sub.add_parser(
+        "prepare-imagenet-val",
+        help="sort ImageNet's flat validation images into class folders",
+        description="Arrange ILSVRC2012_val_*.JPEG from a flat folder into OUT/<wnid>/. The "
+        "ground truth has one line per image in file-number order: a wnid (n01440764), or a "
+        "class id (the devkit's ILSVRC2012_validation_ground_truth.txt) with --synsets naming "
+        "the wnid of each id; Kaggle's LOC_val_solution.csv is also read.",
+    )
+    prep.add_argument("images", type=Path, help="flat folder of ILSVRC2012_val_*.JPEG")
+    prep.add_argument("ground_truth", type=Path, help="labels file (see above)")
+    prep.add_argument("--out", type=Path, required=True, help="output folder, e.g. imagenet/val")
+    prep.add_argument("--synsets", type=Path, help="wnid per line, line k = class id k")
+    prep.add_argument("--index-base", type=int, default=1, choices=[0, 1],
+                      help="first class id in the ground truth (devkit: 1)")  # fmt: skip
+    prep.add_argument("--mode", default="link", choices=["link", "copy", "move", "symlink"],
+                      help="hard link (copy where impossible), copy, move or symlink")  # fmt: skip
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
@@ -102,8 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
+        # Under torchrun every rank may fail; rank r > 0 says which it is.
+        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+        where = f"[rank {rank}] " if rank != "0" else ""
         Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"cnnlab: error: {exc}", markup=False
+            f"{where}cnnlab: error: {exc}", markup=False
         )
         return 2
     except KeyboardInterrupt:

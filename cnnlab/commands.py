@@ -11,8 +11,19 @@ from cnnlab.errors import UserError
 
 
 def train(args: argparse.Namespace, console: Console) -> int:
-    """`cnnlab train`: a new run from a recipe, or `--resume RUN`."""
+    """`cnnlab train`: a new run from a recipe, or `--resume RUN`; under torchrun, one rank of
+    a DDP job (rank 0 creates and writes the run folder and prints)."""
+    from cnnlab.engine import distributed
+
+    try:
+        return _train(args, console)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, console: Console) -> int:
     from cnnlab.config import load_config
+    from cnnlab.engine import distributed
     from cnnlab.engine.progress import ConsoleReporter
     from cnnlab.engine.run_folder import RunFolder, default_run_dir
     from cnnlab.engine.trainer import train_new, train_resume
@@ -22,17 +33,27 @@ def train(args: argparse.Namespace, console: Console) -> int:
             raise UserError(
                 "--resume RUN continues a run as configured; drop --config/--out/overrides"
             )
-        run = RunFolder.open(args.resume)
-        cfg = load_config(run.config)
+        cfg = load_config(RunFolder.open(args.resume).config)
+        info = distributed.init_from_env(cfg.train.device)
+        run = RunFolder.open(args.resume, writer=info.is_main)
         start = train_resume
     else:
         cfg = load_config(args.config, args.overrides)
-        run = RunFolder.create(args.out or default_run_dir(cfg.name))
+        info = distributed.init_from_env(cfg.train.device)
+        # Rank 0 picks (the timestamped default) and creates the folder; the others follow it.
+        path = distributed.on_main(
+            lambda: RunFolder.create(args.out or default_run_dir(cfg.name)).path
+        )
+        run = RunFolder(path, writer=info.is_main)
         start = train_new
+    if not info.is_main:
+        console = Console(quiet=True)
     reporter = ConsoleReporter(console)
     console.print(f"run folder: {run.path}")
+    if info.active:
+        console.print(f"distributed: {info.world} processes, global batch {cfg.train.batch_size}")
     try:
-        summary = start(cfg, run, [reporter])
+        summary = start(cfg, run, [reporter] if info.is_main else [])
     except UserError as exc:
         run.log(f"error: {exc}")
         raise
@@ -90,7 +111,9 @@ def models(args: argparse.Namespace, console: Console) -> int:
 
 
 def data(args: argparse.Namespace, console: Console) -> int:
-    """`cnnlab data fetch NAME`: report where a dataset is, downloading it when missing."""
+    """`cnnlab data fetch NAME` / `prepare-imagenet-val`."""
+    if args.data_command == "prepare-imagenet-val":
+        return _prepare_imagenet_val(args, console)
     from cnnlab.data.download import fetch, locate
     from cnnlab.data.sources import load_split
 
@@ -102,6 +125,22 @@ def data(args: argparse.Namespace, console: Console) -> int:
         ds = load_split(args.name, split, args.root, download=False)
         console.print(f"{args.name} {split}: {len(ds.labels)} images {tuple(ds.images.shape[1:])}")
     console.print(f"{args.name}: files in {folder}")
+    return 0
+
+
+def _prepare_imagenet_val(args: argparse.Namespace, console: Console) -> int:
+    from cnnlab.data.prepare import prepare_imagenet_val
+
+    counts = prepare_imagenet_val(
+        args.images, args.ground_truth, args.out, args.synsets, args.index_base, args.mode
+    )
+    sizes = sorted(set(counts.values()))
+    spread = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}..{sizes[-1]}"
+    console.print(
+        f"{sum(counts.values())} images in {len(counts)} class folders under {args.out} "
+        f"({spread} per class); train with data.name=folder data.root=<folder holding train/ "
+        f"and {args.out.name}/>"
+    )
     return 0
 
 

@@ -39,15 +39,65 @@ class ModelConfig(BaseModel):
 
 
 class DataConfig(_Section):
-    """Which dataset, where it lives, and how much of it to use."""
+    """Which dataset, where it lives, and how much of it to use.
 
-    name: Literal["fashion_mnist", "mnist", "cifar10", "cifar100"] = "fashion_mnist"
+    `name=folder` reads a class-per-subfolder image tree under `root` (data/folder.py); the
+    keys after `split_seed` apply to image folders only, except `mean`/`std`.
+    """
+
+    name: Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "folder"] = "fashion_mnist"
     root: str | None = None
     download: bool = True
     train_limit: int | None = Field(None, ge=1)
     test_limit: int | None = Field(None, ge=1)
     val_size: int = Field(0, ge=0)
     split_seed: int = 0
+    # Per-channel normalisation on the [0, 1] scale; null = the dataset's own (ImageNet's
+    # 0.485/0.456/0.406, 0.229/0.224/0.225 for image folders).
+    mean: list[float] | None = None
+    std: list[Annotated[float, Field(gt=0)]] | None = None
+    # ---- image folders (data.name=folder)
+    train_dir: str = "train"
+    test_dir: str = "val"
+    test_fraction: float | None = Field(None, gt=0, lt=1)
+    image_size: int | None = Field(None, ge=8)  # null = 224
+    eval_resize: int | None = Field(None, ge=8)  # null = round(image_size / 0.875)
+    train_crop: Literal["random_resized", "resize"] = "random_resized"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    color: Literal["rgb", "gray"] = "rgb"
+    workers: int = Field(2, ge=0)
+    bad_images: Literal["fail", "skip"] = "fail"
+    decoder: Literal["pil", "torchvision"] = "pil"
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"needs 0 < low <= high <= 1, got [{low}, {high}]")
+        return value
+
+    @model_validator(mode="after")
+    def _folder_keys_fit(self) -> DataConfig:
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError(
+                f"data.mean has {len(self.mean)} values but data.std has {len(self.std)}"
+            )
+        if self.name == "folder":
+            if not self.root:
+                raise ValueError("data.name=folder needs data.root=DIR (the image folder)")
+            return self
+        # A folder-only key changed for an in-memory set would silently do nothing.
+        for key in FOLDER_ONLY_KEYS:
+            if getattr(self, key) != DataConfig.model_fields[key].default:
+                raise ValueError(f"data.{key} applies only to data.name=folder")
+        return self
+
+
+FOLDER_ONLY_KEYS = (
+    "train_dir", "test_dir", "test_fraction", "image_size", "eval_resize", "train_crop",
+    "crop_scale", "color", "workers", "bad_images", "decoder",
+)  # fmt: skip
 
 
 class TrainConfig(_Section):
@@ -65,6 +115,8 @@ class TrainConfig(_Section):
     # None keeps each BatchNorm's own momentum; "dynamic" is 1/(1+n), reset every epoch.
     bn_momentum: float | Literal["dynamic"] | None = None
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
+    # Under torchrun: BatchNorm statistics over the global batch (GPUs only).
+    sync_bn: bool = False
 
     @field_validator("bn_momentum", mode="before")
     @classmethod

@@ -2,6 +2,12 @@
 
 The order, augmentation and mixing of epoch e depend only on (seed, e), so a run resumed at
 the start of an epoch draws exactly the batches an uninterrupted run would have drawn.
+
+Under DDP (world > 1) `batch_size` stays the *global* batch: every rank draws the same epoch
+order, global batch i is order[i*B : (i+1)*B] exactly as for one process, and rank r takes its
+r-th slice of B/world images. So the ranks' data are disjoint, their union is the one-process
+batch, and the schedule does not depend on the number of processes. Augmentation and mixing
+draws come from per-rank streams (rank 0's are the one-process streams).
 """
 
 from __future__ import annotations
@@ -26,16 +32,28 @@ class Batch:
     targets: torch.Tensor | None = None
 
 
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """Return the generator that drives epoch `epoch`'s order and augmentation."""
+def epoch_generator(seed: int, epoch: int, device: torch.device, rank: int = 0) -> torch.Generator:
+    """Return the generator that drives epoch `epoch`'s order and rank `rank`'s augmentation."""
     gen = torch.Generator(device=device)
-    gen.manual_seed((seed * 1_000_003 + epoch * 7919 + 17) % (2**63))
+    gen.manual_seed((seed * 1_000_003 + epoch * 7919 + 17 + rank * 104_729) % (2**63))
     return gen
 
 
-def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+def epoch_rng(seed: int, epoch: int, rank: int = 0) -> np.random.Generator:
     """Return the host-side generator of epoch `epoch`'s per-batch scalars (mixing lambdas)."""
-    return np.random.default_rng([seed % 2**64, epoch, 1])
+    return np.random.default_rng([seed % 2**64, epoch, 1] + ([rank] if rank else []))
+
+
+def rank_slice(step: int, batch_size: int, rank: int, world: int) -> slice:
+    """Return the positions in the epoch order of rank `rank`'s part of global batch `step`."""
+    per_rank = batch_size // world
+    start = step * batch_size + rank * per_rank
+    return slice(start, start + per_rank)
+
+
+def eval_shard(n: int, rank: int, world: int) -> range:
+    """Return the positions rank `rank` evaluates: every world-th one (no padding, no repeats)."""
+    return range(rank, n, world)
 
 
 class InMemoryLoader:
@@ -54,9 +72,21 @@ class InMemoryLoader:
         mixer: BatchMixer | None = None,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
+        if train and batch_size % world:
+            raise ValueError(f"batch size {batch_size} does not split over {world} processes")
+        self.rank, self.world = rank, world
+        if not train and world > 1:
+            # Evaluation shards the split; the ranks' sums are added up by the caller.
+            keep = torch.as_tensor(eval_shard(len(labels), rank, world), dtype=torch.long)
+            self.num_images = len(labels)
+            images, labels = images[keep], labels[keep]
         self.images = images.to(device)
         self.labels = labels.to(device)
+        if train or world == 1:
+            self.num_images = len(labels)
         self.batch_size = batch_size
         self.device = device
         self.train = train
@@ -68,9 +98,25 @@ class InMemoryLoader:
         self.inv_std = 1.0 / torch.tensor(std, device=device, dtype=dtype)
 
     def __len__(self) -> int:
-        """Return the number of batches per epoch (training drops the ragged last batch)."""
+        """Return this rank's batches per epoch (training drops the ragged last batch)."""
         n = len(self.labels)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def take_notes(self) -> list[str]:
+        """Return lines for the run's log about the data (none: in-memory sets are checked
+        when read)."""
+        return []
+
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        """Return the indices of the images this rank trains on in epoch `epoch`."""
+        order = torch.randperm(
+            len(self.labels), generator=epoch_generator(self.seed, epoch, self.device),
+            device=self.device,
+        )  # fmt: skip
+        parts = [
+            order[rank_slice(i, self.batch_size, self.rank, self.world)] for i in range(len(self))
+        ]
+        return torch.cat(parts) if parts else order[:0]
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """Yield the batches of epoch `epoch` (shuffled, augmented and mixed when training)."""
@@ -82,10 +128,12 @@ class InMemoryLoader:
                 yield Batch(x, self.labels[start:end])
             return
         gen = epoch_generator(self.seed, epoch, self.device)
-        rng = epoch_rng(self.seed, epoch)
         order = torch.randperm(n, generator=gen, device=self.device)
+        if self.rank:
+            gen = epoch_generator(self.seed, epoch, self.device, self.rank)
+        rng = epoch_rng(self.seed, epoch, self.rank)
         for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            idx = order[rank_slice(i, self.batch_size, self.rank, self.world)]
             raw = self.augment.pixels(self.images[idx], gen)
             x = to_model_input(raw, self.mean, self.inv_std, self.dtype)
             x = self.augment.normalised(x, gen)

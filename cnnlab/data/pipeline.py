@@ -1,27 +1,49 @@
-"""From the data config to loaders: read the split, hold out validation, limit, batch."""
+"""From the data config to loaders: read the split, hold out validation, limit, batch.
+
+In-memory sets (MNIST, Fashion-MNIST, CIFAR) become InMemoryLoaders; `data.name=folder`
+becomes FolderLoaders (data/folder.py finds the files, data/folder_loader.py decodes them).
+Both yield the same Batch objects. Under DDP every rank builds its own loaders for its shard.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
-from cnnlab.config import Config
+from cnnlab.config import Config, DataConfig
 from cnnlab.data.augment import BatchAugment
+from cnnlab.data.folder import (
+    IMAGENET_GRAY_MEAN,
+    IMAGENET_GRAY_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Samples,
+    folder_size,
+    load_folder_splits,
+)
+from cnnlab.data.folder_loader import FolderLoader, ImageView
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.data.mixing import BatchMixer
-from cnnlab.data.sources import TRAIN_IMAGES, ArrayDataset, DatasetInfo, load_split
+from cnnlab.data.sources import TRAIN_IMAGES, ArrayDataset, DatasetInfo, dataset_info, load_split
 from cnnlab.errors import UserError
+
+Loader = InMemoryLoader | FolderLoader
+DEFAULT_IMAGE_SIZE = 224
+CROP_RATIO = 0.875  # eval: resize the shorter side to image_size / 0.875, take the centre
 
 
 @dataclass
 class DataBundle:
     """The loaders of one run; `val` is None unless data.val_size > 0."""
 
-    train: InMemoryLoader
-    val: InMemoryLoader | None
-    test: InMemoryLoader
+    train: Loader
+    val: Loader | None
+    test: Loader
     info: DatasetInfo
+    description: str = ""  # where the images came from, for the run's log
 
 
 def split_validation(
@@ -45,13 +67,20 @@ def _limit(ds: ArrayDataset, limit: int | None) -> ArrayDataset:
     return ArrayDataset(ds.images[:limit], ds.labels[:limit], ds.info)
 
 
+def _held_out(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    # The same seeded permutation as split_validation, on positions.
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    return np.sort(order[: n - count]), np.sort(order[n - count :])
+
+
 def train_images(cfg: Config) -> int:
-    """Return how many training images a run of `cfg` uses, without reading the dataset."""
+    """Return how many training images a run of `cfg` uses (image folders are listed, not read)."""
     d = cfg.data
-    n = TRAIN_IMAGES[d.name] - d.val_size
+    total = folder_size(d) if d.name == "folder" else TRAIN_IMAGES[d.name]
+    n = total - d.val_size
     if n <= 0:
         raise UserError(f"data.val_size={d.val_size} leaves no training images (the set has "
-                        f"{TRAIN_IMAGES[d.name]})")  # fmt: skip
+                        f"{total})")  # fmt: skip
     return min(n, d.train_limit) if d.train_limit is not None else n
 
 
@@ -66,8 +95,136 @@ def steps_per_epoch(cfg: Config) -> int:
     return steps
 
 
-def build_data(cfg: Config, device: torch.device) -> DataBundle:
-    """Return train/val/test loaders for `cfg`, with the data resident on `device`."""
+def _normalisation(d: DataConfig, info: DatasetInfo) -> DatasetInfo:
+    """Apply data.mean / data.std to `info` (checked against its channels)."""
+    for key in ("mean", "std"):
+        values = getattr(d, key)
+        if values is not None and len(values) != info.channels:
+            raise UserError(
+                f"config key 'data.{key}': {len(values)} values for {info.channels}-channel images"
+            )
+    return replace(
+        info,
+        mean=tuple(d.mean) if d.mean is not None else info.mean,
+        std=tuple(d.std) if d.std is not None else info.std,
+    )
+
+
+def folder_info(d: DataConfig, classes: tuple[str, ...]) -> DatasetInfo:
+    """Return the DatasetInfo of an image folder (ImageNet statistics unless data.mean/std)."""
+    gray = d.color == "gray"
+    size = d.image_size or DEFAULT_IMAGE_SIZE
+    info = DatasetInfo(
+        name="folder",
+        num_classes=len(classes),
+        channels=1 if gray else 3,
+        image_size=(size, size),
+        mean=IMAGENET_GRAY_MEAN if gray else IMAGENET_MEAN,
+        std=IMAGENET_GRAY_STD if gray else IMAGENET_STD,
+        classes=classes,
+    )
+    return _normalisation(d, info)
+
+
+def folder_view(d: DataConfig, train: bool) -> ImageView:
+    """Return how the workers cut images for training (`train`) or evaluation."""
+    size = d.image_size or DEFAULT_IMAGE_SIZE
+    resize = d.eval_resize or round(size / CROP_RATIO)
+    if resize < size:
+        raise UserError(f"data.eval_resize={resize} is smaller than data.image_size={size}")
+    if d.decoder == "torchvision":
+        try:
+            import torchvision.io  # noqa: F401
+        except ImportError:
+            raise UserError(
+                "data.decoder=torchvision needs torchvision installed; use data.decoder=pil"
+            ) from None
+    random_crop = train and d.train_crop == "random_resized"
+    return ImageView(
+        image_size=size,
+        eval_resize=resize if not train else size,
+        random_crop=random_crop,
+        crop_scale=d.crop_scale,
+        gray=d.color == "gray",
+        decoder=d.decoder,
+    )
+
+
+def _limit_samples(samples: Samples, limit: int | None, seed: int) -> Samples:
+    # Folder lists are sorted by class, so "the first N" would be a few classes: take a seeded
+    # random N instead (kept in list order).
+    if limit is None or limit >= len(samples):
+        return samples
+    keep = np.sort(np.random.default_rng([seed % 2**64, 3]).permutation(len(samples))[:limit])
+    return samples.subset(keep)
+
+
+def _check_batch(cfg: Config, n: int, world: int) -> None:
+    b = cfg.train.batch_size
+    if b % world:
+        raise UserError(
+            f"train.batch_size={b} is the global batch and must split evenly over the "
+            f"{world} processes; use a multiple of {world}"
+        )
+    if n < b:
+        raise UserError(
+            f"train.batch_size={b} is larger than the training set "
+            f"({n} images); lower it or raise data.train_limit"
+        )
+
+
+def _build_folder(
+    cfg: Config, device: torch.device, rank: int, world: int, warn: Callable[[str], None] | None
+) -> DataBundle:
+    d = cfg.data
+    splits = load_folder_splits(d)
+    train, test = splits.train, splits.test
+    val = None
+    if d.val_size:
+        if d.val_size >= len(train):
+            raise UserError(
+                f"data.val_size={d.val_size} leaves no training images (the set has {len(train)})"
+            )
+        keep, held = _held_out(len(train), d.val_size, d.split_seed)
+        train, val = train.subset(keep), train.subset(held)
+    train = _limit_samples(train, d.train_limit, d.split_seed)
+    test = _limit_samples(test, d.test_limit, d.split_seed)
+    _check_batch(cfg, len(train), world)
+    info = folder_info(d, splits.classes)
+    augment = BatchAugment.from_config(cfg.augment, info.mean, info.image_size)
+    if d.train_crop == "random_resized":
+        augment = replace(augment, crop_padding=0)  # the random resized crop replaces it
+    mixer = BatchMixer.from_config(cfg.augment, info.num_classes)
+
+    def loader(samples: Samples, train: bool) -> FolderLoader:
+        return FolderLoader(
+            samples, folder_view(d, train), info.mean, info.std,
+            cfg.train.batch_size if train else cfg.train.eval_batch_size, device, train=train,
+            augment=augment if train else None, mixer=mixer if train else None,
+            seed=cfg.train.seed, workers=d.workers, bad_images=d.bad_images,
+            rank=rank, world=world, warn=warn,
+        )  # fmt: skip
+
+    sizes = f"{len(train)} train, {len(val) if val else 0} val, {len(test)} test images"
+    return DataBundle(
+        train=loader(train, True),
+        val=loader(val, False) if val is not None else None,
+        test=loader(test, False),
+        info=info,
+        description=f"{splits.layout}; {len(splits.classes)} classes; {sizes}",
+    )
+
+
+def build_data(
+    cfg: Config,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    warn: Callable[[str], None] | None = None,
+) -> DataBundle:
+    """Return train/val/test loaders for `cfg` (rank `rank`'s shards of them under DDP)."""
+    if cfg.data.name == "folder":
+        return _build_folder(cfg, device, rank, world, warn)
     d = cfg.data
     train_set = load_split(d.name, "train", d.root, d.download)
     test_set = _limit(load_split(d.name, "test", d.root, d.download), d.test_limit)
@@ -75,12 +232,8 @@ def build_data(cfg: Config, device: torch.device) -> DataBundle:
     if d.val_size:
         train_set, val_set = split_validation(train_set, d.val_size, d.split_seed)
     train_set = _limit(train_set, d.train_limit)
-    if len(train_set.labels) < cfg.train.batch_size:
-        raise UserError(
-            f"train.batch_size={cfg.train.batch_size} is larger than the training set "
-            f"({len(train_set.labels)} images); lower it or raise data.train_limit"
-        )
-    info = train_set.info
+    _check_batch(cfg, len(train_set.labels), world)
+    info = _normalisation(d, train_set.info)
     augment = BatchAugment.from_config(cfg.augment, info.mean, info.image_size)
     mixer = BatchMixer.from_config(cfg.augment, info.num_classes)
 
@@ -96,11 +249,45 @@ def build_data(cfg: Config, device: torch.device) -> DataBundle:
             augment=augment if train else None,
             mixer=mixer if train else None,
             seed=cfg.train.seed,
+            rank=rank,
+            world=world,
         )
 
+    sizes = f"{len(train_set)} train, {len(val_set) if val_set else 0} val, {len(test_set)} test"
     return DataBundle(
         train=loader(train_set, True),
         val=loader(val_set, False) if val_set is not None else None,
         test=loader(test_set, False),
         info=info,
+        description=f"{d.name}: {sizes} images",
     )
+
+
+def eval_loader(
+    cfg: Config, split: str, device: torch.device, name: str | None = None, root: str | None = None
+) -> tuple[Loader, DatasetInfo]:
+    """Return an evaluation loader over split 'test' or 'train' of the run's dataset (or of
+    dataset `name` in `root`), normalised as the run was; what `cnnlab eval` reads."""
+    d = cfg.data
+    name = name or d.name
+    if name == "folder":
+        fields = d.model_dump() if d.name == "folder" else {"name": "folder"}
+        fields["root"] = root or fields.get("root")
+        if not fields["root"]:
+            raise UserError("evaluating on an image folder needs --data-root DIR")
+        d = DataConfig(**fields)
+        splits = load_folder_splits(d)
+        samples = splits.test if split == "test" else splits.train
+        info = folder_info(d, splits.classes)
+        loader = FolderLoader(
+            samples, folder_view(d, False), info.mean, info.std, cfg.train.eval_batch_size,
+            device, train=False, workers=d.workers, bad_images=d.bad_images,
+        )  # fmt: skip
+        return loader, info
+    data = load_split(name, split, root or (d.root if name == d.name else None))
+    info = _normalisation(d, data.info) if name == d.name else dataset_info(name)
+    loader = InMemoryLoader(
+        data.images, data.labels, info.mean, info.std, cfg.train.eval_batch_size, device,
+        train=False,
+    )  # fmt: skip
+    return loader, info

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.data.loader import InMemoryLoader
+from cnnlab.data.pipeline import Loader
+from cnnlab.engine.distributed import reduce_sum
 from cnnlab.engine.numerics import Numerics
 
 
@@ -21,12 +22,17 @@ def predict(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tenso
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: InMemoryLoader,
+    loader: Loader,
     numerics: Numerics,
     device: torch.device,
     tta: str = "none",
 ) -> dict[str, float]:
-    """Return {'loss', 'error', 'top5_error'} (errors in percent) over the whole loader."""
+    """Return {'loss', 'error', 'top5_error'} (errors in percent) over the whole loader.
+
+    Under DDP each rank evaluates its shard of the split and the sums are added over ranks,
+    so every rank returns the metrics of the whole split. Pass the bare module, not the DDP
+    wrapper (whose forward would expect the same number of calls on every rank).
+    """
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -46,8 +52,9 @@ def evaluate(
         wrong5 += (~hit.any(dim=1)).sum()
         count += len(batch.labels)
     model.train(was_training)
-    return {
-        "loss": total_loss.item() / count,
-        "error": 100.0 * wrong1.item() / count,
-        "top5_error": 100.0 * wrong5.item() / count,
-    }
+    count_t = torch.tensor(float(count), device=device, dtype=torch.float64)
+    sums = reduce_sum(torch.stack([total_loss, wrong1.double(), wrong5.double(), count_t]))
+    loss, w1, w5, n = sums.tolist()
+    if n == 0:
+        raise ValueError("evaluation saw no images")
+    return {"loss": loss / n, "error": 100.0 * w1 / n, "top5_error": 100.0 * w5 / n}

@@ -8,8 +8,7 @@ from typing import Any
 import torch
 
 from cnnlab.config import validate
-from cnnlab.data.loader import InMemoryLoader
-from cnnlab.data.sources import load_split
+from cnnlab.data.pipeline import eval_loader
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.evaluate import evaluate
 from cnnlab.engine.numerics import Numerics
@@ -27,9 +26,8 @@ def evaluate_checkpoint(
         raise UserError(f"{path} is not a cnnlab checkpoint (no config or model state)")
     cfg = validate(state["config"])
     name = dataset or cfg.data.name
-    data = load_split(name, split, root or (cfg.data.root if name == cfg.data.name else None))
-    info = data.info
     device = resolve_device(cfg.train.device)
+    loader, info = eval_loader(cfg, split, device, name, root)
     model = build_model(
         cfg.model.name, in_channels=info.channels, num_classes=info.num_classes,
         **cfg.model.options(),
@@ -45,15 +43,6 @@ def evaluate_checkpoint(
         ) from None
     numerics = Numerics(**{k: v for k, v in state.get("numerics", {}).items() if k != "measured"})
     model.to(device=device, memory_format=numerics.memory_format)
-    loader = InMemoryLoader(
-        data.images,
-        data.labels,
-        info.mean,
-        info.std,
-        cfg.train.eval_batch_size,
-        device,
-        train=False,
-    )
     with torch.no_grad():
         metrics = evaluate(model, loader, numerics, device, cfg.eval.tta)
-    return {**metrics, "dataset": name, "images": len(data.labels)}
+    return {**metrics, "dataset": name, "images": loader.num_images}

@@ -24,10 +24,12 @@ def default_run_dir(name: str, base: Path = Path("runs")) -> Path:
 
 
 class RunFolder:
-    """Paths and writers for one run's files."""
+    """Paths and writers for one run's files; with `writer=False` (DDP ranks other than 0) the
+    writing methods do nothing, so exactly one process writes the run folder."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writer: bool = True) -> None:
         self.path = Path(path)
+        self.writer = writer
         self.config = self.path / "config.yaml"
         self.metrics = self.path / "metrics.jsonl"
         self.log_file = self.path / "log.txt"
@@ -58,22 +60,28 @@ class RunFolder:
         return cls(path)
 
     @classmethod
-    def open(cls, path: Path) -> RunFolder:
+    def open(cls, path: Path, writer: bool = True) -> RunFolder:
         """Open an existing run folder for resuming; it must hold config.yaml."""
-        run = cls(Path(path))
+        run = cls(Path(path), writer)
         if not run.config.is_file():
             raise UserError(f"{path} is not a run folder (it has no config.yaml)")
         return run
 
     def log(self, line: str) -> None:
         """Append a line to log.txt."""
+        if not self.writer:
+            return
         with open(self.log_file, "a") as f:
             f.write(line.rstrip("\n") + "\n")
 
     def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
         """Rewrite metrics.jsonl from the full history (atomic; the file stays small)."""
+        if not self.writer:
+            return
         atomic_write_text(self.metrics, "".join(json.dumps(row) + "\n" for row in history))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write summary.json atomically."""
+        if not self.writer:
+            return
         atomic_write_text(self.summary, json.dumps(summary, indent=2) + "\n")

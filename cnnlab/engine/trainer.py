@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import resource
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from cnnlab.analysis.curves import plot_run_curves
 from cnnlab.analysis.profile import count_flops, count_params
 from cnnlab.config import Config, dump_config
 from cnnlab.data.pipeline import build_data
+from cnnlab.engine import distributed
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import (
     atomic_write_text,
@@ -56,38 +58,59 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def config_callbacks(cfg: Config) -> list[Callback]:
-    """Return the callbacks that config options (BN momentum, EMA) and installed tools switch on."""
+def config_callbacks(cfg: Config, writer: bool = True) -> list[Callback]:
+    """Return the callbacks that config options (BN momentum, EMA) and installed tools switch on;
+    those that only write files (TensorBoard) only where `writer` (rank 0)."""
     callbacks: list[Callback] = []
     if cfg.train.bn_momentum is not None:
         callbacks.append(BNMomentum(cfg.train.bn_momentum))
     if cfg.train.ema_decay:
         callbacks.append(WeightEMA(cfg.train.ema_decay))
-    if tensorboard_available():
+    if writer and tensorboard_available():
         callbacks.append(TensorBoardWriter())
     return callbacks
 
 
+def _rank_warning(rank: int) -> object:
+    # Messages from the data workers of rank r > 0 say which rank they come from.
+    if rank == 0:
+        return None
+    return lambda line: print(f"[rank {rank}] {line}", file=sys.stderr, flush=True)
+
+
 class Trainer:
-    """Owns one run: data, model, optimizer, schedule, callbacks, and the run folder."""
+    """Owns one run: data, model, optimizer, schedule, callbacks, and the run folder.
+
+    Under torchrun every rank builds a Trainer: `model` is the bare module (evaluated, saved,
+    averaged by EMA) and `train_model` the DDP wrapper the steps go through; only the rank whose
+    RunFolder is the writer (rank 0) writes files.
+    """
 
     def __init__(self, cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> None:
         self.cfg = cfg
         self.run = run
+        self.dist = distributed.current()
         # Config-driven callbacks come first, so e.g. EMA metrics are in the row reporters see.
-        self.callbacks = [*config_callbacks(cfg), *callbacks]
+        self.callbacks = [*config_callbacks(cfg, run.writer), *callbacks]
         self.started = time.perf_counter()
-        self.device = resolve_device(cfg.train.device)
+        self.device = distributed.device_for(self.dist, resolve_device(cfg.train.device))
         seed_everything(cfg.train.seed)
-        self.data = build_data(cfg, self.device)
+        self.data = build_data(
+            cfg, self.device, self.dist.rank, self.dist.world, _rank_warning(self.dist.rank)
+        )
         info = self.data.info
         self.input_shape = (info.channels, *info.image_size)
         self.model: nn.Module = build_model(
             cfg.model.name, in_channels=info.channels, num_classes=info.num_classes,
             **cfg.model.options(),
         )  # fmt: skip
+        self.train_model: nn.Module = self.model
+        if self.dist.rank:
+            # Every rank starts from the same weights (seeded above); dropout and other draws
+            # from the global generator then differ per rank.
+            seed_everything(distributed.rank_seed(cfg.train.seed, self.dist.rank))
         self.params = count_params(self.model)
-        self.flops = count_flops(self.model, self.input_shape)
+        self._flops: int | None = None
         self.steps_per_epoch = len(self.data.train)
         self.schedule = Schedule(
             cfg.schedule, cfg.train.epochs, self.steps_per_epoch, base_lr=cfg.optim.lr
@@ -101,19 +124,44 @@ class Trainer:
         self.numerics = Numerics()
         self.optimizer: torch.optim.Optimizer | None = None
 
+    @property
+    def flops(self) -> int:
+        """Return the model's forward FLOPs per image (counted once; a resumed run reads them
+        from the checkpoint, since the first count costs seconds of torch's lazy imports)."""
+        if self._flops is None:
+            self._flops = count_flops(self.model, self.input_shape)
+        return self._flops
+
     # ----------------------------------------------------------------------------- set-up
+    def log_setup(self) -> None:
+        """Write where the data come from and how the processes share the work to log.txt."""
+        self.run.log(f"data: {self.data.description}")
+        if self.dist.active:
+            b = self.cfg.train.batch_size
+            self.run.log(
+                f"distributed: {self.dist.world} processes ({torch.distributed.get_backend()}), "
+                f"global batch {b} = {self.dist.world} x {b // self.dist.world}"
+            )
+
     def _place_model(self, numerics: Numerics) -> None:
         self.numerics = numerics
+        if self.cfg.train.sync_bn:
+            self.model, note = distributed.convert_sync_bn(self.model, self.dist, self.device)
+            self.run.log(note)
         self.model.to(device=self.device, memory_format=numerics.memory_format)
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
+        self.train_model = distributed.wrap_model(self.model, self.dist, self.device)
 
     def start_fresh(self) -> None:
         """Choose numerics (measuring if 'auto') and build the optimizer."""
         t = self.cfg.train
         model_key = f"{self.cfg.model.name}{sorted(self.cfg.model.options().items())}"
-        numerics = choose_numerics(
-            self.model, model_key, self.input_shape, t.batch_size, self.device,
-            t.precision, t.channels_last,
+        # Rank 0 measures (or reads its cache) and every rank uses its choice.
+        numerics = distributed.on_main(
+            lambda: choose_numerics(
+                self.model, model_key, self.input_shape, t.batch_size // self.dist.world,
+                self.device, t.precision, t.channels_last,
+            )
         )  # fmt: skip
         self._place_model(numerics)
         self.run.log(f"numerics: {numerics_dict(numerics)}")
@@ -126,18 +174,33 @@ class Trainer:
         )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        by_rank = state.get("rng_by_rank") or [state["rng"]]
+        if len(by_rank) == self.dist.world:
+            set_rng_state(by_rank[self.dist.rank])
+        else:
+            # Another number of processes: the data order per global batch is the same, the
+            # per-rank augmentation and dropout streams are not.
+            set_rng_state(by_rank[0])
+            if self.dist.rank:
+                seed_everything(distributed.rank_seed(self.cfg.train.seed, self.dist.rank))
+            self.run.log(
+                f"note: saved by {len(by_rank)} process(es), resumed with {self.dist.world}; "
+                "the data order continues, per-rank random streams restart"
+            )
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = list(state["history"])
         self.best = dict(state["best"])
         self.elapsed_before = state["elapsed"]
+        self._flops = state.get("flops", self._flops)
         for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
             cb.load_state_dict(cb_state)
         self.run.log(f"resumed after epoch {self.epoch} (step {self.step})")
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Return everything needed to continue this run exactly."""
-        return {
+        """Return everything needed to continue this run exactly (a collective under DDP:
+        every rank calls it, for the per-rank RNG states)."""
+        rng_by_rank = distributed.gather_objects(rng_state()) if self.dist.active else None
+        state = {
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.model_dump(mode="json"),
             "epoch": self.epoch,
@@ -150,11 +213,16 @@ class Trainer:
             "elapsed": self.elapsed_before + time.perf_counter() - self.started,
             "numerics": numerics_dict(self.numerics),
             "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "processes": self.dist.world,
+            "flops": self.flops if self.run.writer else self._flops,
         }
+        if rng_by_rank is not None:
+            state["rng_by_rank"] = rng_by_rank
+        return state
 
     # ------------------------------------------------------------------------------ loop
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        model, opt, loader = self.model, self.optimizer, self.data.train
+        model, opt, loader = self.train_model, self.optimizer, self.data.train
         model.train()
         steps = len(loader)
         losses = torch.zeros(steps, device=self.device)
@@ -196,10 +264,14 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_step_end(self, self.step, shown)
         seconds = time.perf_counter() - start
-        seen = steps * loader.batch_size
+        seen = steps * self.cfg.train.batch_size  # the global batch, over all ranks
+        mean_loss = losses.mean()
+        if self.dist.active:
+            mean_loss = distributed.reduce_sum(mean_loss) / self.dist.world
+            correct = distributed.reduce_sum(correct)
         return {
             "lr": self.lr,
-            "train_loss": losses.mean().item(),
+            "train_loss": mean_loss.item(),
             "train_error": 100.0 * (1 - correct.item() / seen),
             "seconds": seconds,
             "images_per_s": seen / seconds,
@@ -212,7 +284,7 @@ class Trainer:
                 continue
             start = time.perf_counter()
             out[split] = evaluate(model, loader, self.numerics, self.device, self.cfg.eval.tta)
-            out[split]["images_per_s"] = len(loader.labels) / (time.perf_counter() - start)
+            out[split]["images_per_s"] = loader.num_images / (time.perf_counter() - start)
         return out
 
     def evaluate_splits(self, model: nn.Module, prefix: str = "") -> dict[str, float]:
@@ -237,9 +309,16 @@ class Trainer:
             return True
         return False
 
+    def _log_data_notes(self) -> None:
+        for loader in (self.data.train, self.data.val, self.data.test):
+            for line in loader.take_notes() if loader is not None else ():
+                self.run.log(line)
+
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs and return the summary (also written to summary.json)."""
         cfg = self.cfg
+        if self.dist.active and self.epoch < cfg.train.epochs:
+            self.run.log(distributed.check_disjoint(self.data.train.epoch_indices(self.epoch + 1)))
         for cb in self.callbacks:
             cb.on_train_start(self)
         while self.epoch < cfg.train.epochs:
@@ -256,13 +335,15 @@ class Trainer:
             self.epoch = epoch
             self.history.append(row)
             is_best = self._note_best(row)
-            save_checkpoint(self.run.last, self.checkpoint_state())
-            if is_best:
-                copy_file_atomic(self.run.last, self.run.best)
-            self.run.write_metrics(self.history)
-            plot_run_curves(
-                self.history, self.run.curves, f"{cfg.name}: {cfg.model.name} on {cfg.data.name}"
-            )
+            self._log_data_notes()
+            state = self.checkpoint_state()
+            if self.run.writer:
+                save_checkpoint(self.run.last, state)
+                if is_best:
+                    copy_file_atomic(self.run.last, self.run.best)
+                self.run.write_metrics(self.history)
+                title = f"{cfg.name}: {cfg.model.name} on {cfg.data.name}"
+                plot_run_curves(self.history, self.run.curves, title)
         summary = self.summary()
         self.run.write_summary(summary)
         for cb in self.callbacks:
@@ -293,6 +374,8 @@ class Trainer:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "numerics": numerics_dict(self.numerics),
             "device": str(self.device),
+            "processes": self.dist.world,
+            "global_batch": self.cfg.train.batch_size,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
@@ -302,9 +385,11 @@ class Trainer:
 
 def train_new(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Start a run in a fresh run folder and train it to the end."""
-    atomic_write_text(run.config, dump_config(cfg))
+    if run.writer:
+        atomic_write_text(run.config, dump_config(cfg))
     run.log(f"cnnlab run {run.path} | torch {torch.__version__}")
     trainer = Trainer(cfg, run, callbacks)
+    trainer.log_setup()
     trainer.run.log(f"model {cfg.model.name}: {trainer.params} params, {trainer.flops} FLOPs/image")
     trainer.start_fresh()
     return trainer.fit()
@@ -313,6 +398,7 @@ def train_new(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -
 def train_resume(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Continue a run from its last.pt (or from scratch if it died before its first checkpoint)."""
     trainer = Trainer(cfg, run, callbacks)
+    trainer.log_setup()
     if run.last.exists():
         trainer.restore(load_checkpoint(run.last))
         # metrics.jsonl may hold an epoch that finished after the checkpoint was written.
