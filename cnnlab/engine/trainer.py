@@ -367,7 +367,7 @@ class Trainer:
             "protocol": "final metrics at the last epoch; best.pt "
             + ("chosen on the validation split" if self.data.val else "is the last epoch"),
             "params": self.params,
-            "flops": self.flops,
+            "flops": self.flops if self.run.writer else self._flops,
             "wall_seconds": self.elapsed_before + time.perf_counter() - self.started,
             "train_images_per_s": sum(train_rates) / len(train_rates),
             "test_images_per_s": last.get("test_images_per_s"),
@@ -390,7 +390,10 @@ def train_new(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -
     run.log(f"cnnlab run {run.path} | torch {torch.__version__}")
     trainer = Trainer(cfg, run, callbacks)
     trainer.log_setup()
-    trainer.run.log(f"model {cfg.model.name}: {trainer.params} params, {trainer.flops} FLOPs/image")
+    if run.writer:
+        trainer.run.log(
+            f"model {cfg.model.name}: {trainer.params} params, {trainer.flops} FLOPs/image"
+        )
     trainer.start_fresh()
     return trainer.fit()
 
