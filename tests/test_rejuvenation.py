@@ -17,6 +17,7 @@ from cnnlab.methods.rejuvenation import (
     live_channels,
     parameter_utilisation,
     rejuvenate,
+    separate_mode_params,
     unit_graph,
 )
 from cnnlab.models.nr_layers import SplitConv2d, TwoHeadLinear
@@ -131,6 +132,8 @@ def test_rebuild_restores_the_budget_and_keeps_the_survivors_function(make):
     new, plan = rejuvenate(model, report, "separate")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(new) == pytest.approx(count(model), rel=0.05)
+    # Half the channels of the non-fixed units live: the split net uses about half the weights.
+    assert separate_mode_params(new, plan) < 0.75 * count(new)
     # Widths: survivors first, every split unit has new channels; residual sums still match.
     for u in plan["units"]:
         conv = new.get_submodule(u["conv"])
