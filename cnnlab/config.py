@@ -255,6 +255,28 @@ class ReferenceConfig(_Section):
     row: str
 
 
+class MethodConfig(_Section):
+    """Which training method wraps the loop (its own keys live in their own section)."""
+
+    name: Literal["none", "rejuvenation"] = "none"
+
+
+class NRConfig(_Section):
+    """Neural Rejuvenation (METHODS §2); read only when method.name=rejuvenation."""
+
+    # lambda of the L1 subgradient on BN scales; the start value under the adaptive schedule.
+    sparsity: float = Field(1e-4, ge=0)
+    sparsity_schedule: Literal["constant", "adaptive"] = "constant"
+    increase_threshold: float = Field(0.01, ge=0)  # adaptive: raise lambda when util fell less
+    increase_step: float = Field(5e-5, ge=0)
+    target: float = Field(0.25, gt=0, le=1)  # >= 0.999 turns NR off
+    live_threshold: float = Field(0.01, gt=0, lt=1)
+    all_dead_threshold: float = Field(1e-3, ge=0)
+    mode: Literal["separate", "cross_attention"] = "separate"
+    flops: bool = False
+    compress_only: bool = False
+
+
 class Config(_Section):
     """One object describing a run completely; `config.yaml` in a run folder is its dump."""
 
@@ -267,6 +289,8 @@ class Config(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     reference: ReferenceConfig | None = None
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    nr: NRConfig = Field(default_factory=NRConfig)
 
     @model_validator(mode="after")
     def _epochs_in_range(self) -> Config:

@@ -17,13 +17,22 @@ pytestmark = needs_fashion
 # families keep their full channel widths, so they get smaller batches at 32x32.
 REPRESENTATIVES = [
     "densenet_bc100_k12", "densenet121", "preact_resnet20", "pyramidnet110_a48", "resnet18",
-    "resnet20", "resnext29_4x64d", "shake_shake26_2x32d", "vgg11_bn", "vgg15_bn", "wrn16_4",
+    "resnet20", "resnext29_4x64d", "shake_shake26_2x32d", "vgg15_bn", "wrn16_4",
 ]  # fmt: skip
+# Families left out of the learning check, with why; their forward/backward and parameter
+# counts are checked in test_registry.py and test_zoo_b.py.
+NOT_TRAINED_HERE = {
+    # torchvision's init (three linear layers drawn from N(0, 0.01), dropout) keeps the full-width
+    # ImageNet VGG at chance for far more steps than a smoke test can afford on a CPU.
+    "ImageNetVGG": "leaves chance only after far more steps than a smoke test has",
+}
 
 
-def test_every_family_has_a_representative():
+def test_every_family_is_trained_here_or_says_why_not():
     families = {_MODELS[n].factory.__name__ for n in list_models()}
-    assert {_MODELS[n].factory.__name__ for n in REPRESENTATIVES} == families
+    trained = {_MODELS[n].factory.__name__ for n in REPRESENTATIVES}
+    assert trained | set(NOT_TRAINED_HERE) == families
+    assert not trained & set(NOT_TRAINED_HERE)
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +40,7 @@ def fashion():
     return load_split("fashion_mnist", "train")
 
 
-SLOW_STARTERS = {
-    # torchvision's init for ImageNet VGG (three linear layers drawn from N(0, 0.01)) stays at
-    # chance for these 150 small steps; its forward/backward is checked in test_registry.py.
-    "vgg11_bn": "ImageNet VGG leaves chance only after far more steps than a smoke test has",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=SLOW_STARTERS[n], strict=True))
-        if n in SLOW_STARTERS
-        else n
-        for n in REPRESENTATIVES
-    ],
-)
+@pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_family_learns_on_fashion_mnist(name, fashion):
     torch.manual_seed(0)
     model = small_model(name, in_channels=1, num_classes=10)

@@ -20,6 +20,9 @@ class Callback:
     def on_step_end(self, trainer: Trainer, step: int, loss: float | None) -> None:
         """Called after each optimizer step; `loss` is None where reading it would sync a GPU."""
 
+    def on_before_step(self, trainer: Trainer) -> None:
+        """Called after the backward pass, right before the optimizer step (gradients are set)."""
+
     def on_eval_end(self, trainer: Trainer, split: str, metrics: dict[str, float]) -> None:
         """Called after evaluating `split` ('val' or 'test')."""
 

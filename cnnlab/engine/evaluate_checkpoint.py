@@ -14,6 +14,7 @@ from cnnlab.engine.evaluate import evaluate
 from cnnlab.engine.numerics import Numerics
 from cnnlab.engine.trainer import resolve_device
 from cnnlab.errors import UserError
+from cnnlab.methods.rejuvenation import apply_architecture
 from cnnlab.registry import build_model
 
 
@@ -32,6 +33,8 @@ def evaluate_checkpoint(
         cfg.model.name, in_channels=info.channels, num_classes=info.num_classes,
         **cfg.model.options(),
     )  # fmt: skip
+    if state.get("architecture") is not None:  # reshaped during training (rejuvenation)
+        model = apply_architecture(model, state["architecture"])
     # Checkpoints written by DDP runs may carry a 'module.' prefix on every key.
     weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
     try:

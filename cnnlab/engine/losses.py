@@ -20,3 +20,21 @@ def soft_target_cross_entropy(
     if smoothing:
         targets = targets * (1 - smoothing) + smoothing / logits.shape[1]
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def multi_head_loss(
+    logits: torch.Tensor | tuple[torch.Tensor, ...], targets: torch.Tensor, smoothing: float = 0.0
+) -> torch.Tensor:
+    """The training loss of a model with one head or several (a tuple): the sum over heads."""
+    heads = logits if isinstance(logits, tuple) else (logits,)
+    loss = soft_target_cross_entropy(heads[0].float(), targets, smoothing)
+    for head in heads[1:]:
+        loss = loss + soft_target_cross_entropy(head.float(), targets, smoothing)
+    return loss
+
+
+def combine_heads(logits: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The prediction of several heads is the sum of their logits; one head is itself."""
+    if not isinstance(logits, tuple):
+        return logits
+    return torch.stack(logits).sum(0)

@@ -72,7 +72,7 @@ class ConsoleReporter(Callback):
         self.epoch_start = time.perf_counter()
         self.epoch_step0 = trainer.step
         if self.progress is not None:
-            self.progress.update(self.task, description=f"epoch {epoch}/{trainer.cfg.train.epochs}")
+            self.progress.update(self.task, description=f"epoch {epoch}/{trainer.total_epochs}")
 
     def on_step_end(self, trainer: Trainer, step: int, loss: float | None) -> None:
         """Advance the bar; refresh the numbers when the loss is known."""
@@ -88,7 +88,7 @@ class ConsoleReporter(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
         """Print (and log) the epoch's line."""
-        line = format_epoch_line(row, trainer.cfg.train.epochs)
+        line = format_epoch_line(row, trainer.total_epochs)
         trainer.run.log(line)
         self.console.print(line, soft_wrap=True)
 

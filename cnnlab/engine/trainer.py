@@ -29,13 +29,14 @@ from cnnlab.engine.checkpoint import (
 )
 from cnnlab.engine.ema import WeightEMA
 from cnnlab.engine.evaluate import evaluate
-from cnnlab.engine.losses import soft_target_cross_entropy
+from cnnlab.engine.losses import combine_heads, multi_head_loss
 from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict
 from cnnlab.engine.optim import Schedule, build_optimizer
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.tensorboard import TensorBoardWriter, tensorboard_available
 from cnnlab.errors import UserError
 from cnnlab.methods.bn_momentum import BNMomentum
+from cnnlab.methods.rejuvenation import Rejuvenation, apply_architecture
 from cnnlab.registry import build_model
 
 CHECKPOINT_FORMAT = 1
@@ -66,6 +67,8 @@ def config_callbacks(cfg: Config, writer: bool = True) -> list[Callback]:
         callbacks.append(BNMomentum(cfg.train.bn_momentum))
     if cfg.train.ema_decay:
         callbacks.append(WeightEMA(cfg.train.ema_decay))
+    if cfg.method.name == "rejuvenation":
+        callbacks.append(Rejuvenation(cfg.nr))
     if writer and tensorboard_available():
         callbacks.append(TensorBoardWriter())
     return callbacks
@@ -123,6 +126,12 @@ class Trainer:
         self.elapsed_before = 0.0  # wall seconds spent by earlier sessions of a resumed run
         self.numerics = Numerics()
         self.optimizer: torch.optim.Optimizer | None = None
+        # Set by methods that reshape the network (Neural Rejuvenation); saved in checkpoints
+        # so resume and `cnnlab eval` rebuild the same shapes before loading the weights.
+        self.architecture: dict[str, Any] | None = None
+        # Epochs the LR schedule does not count (NR's pre-rejuvenation phase); they extend the run.
+        self.extra_epochs = 0
+        self.stop_requested = False  # a callback may end the run after the current epoch
 
     @property
     def flops(self) -> int:
@@ -169,6 +178,11 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         """Restore model, optimizer, RNG, counters and callbacks from a checkpoint."""
         saved = state.get("numerics", {})
+        if state.get("architecture") is not None:
+            self.architecture = state["architecture"]
+            self.model = apply_architecture(self.model, self.architecture)
+            self.params = count_params(self.model)
+        self.extra_epochs = state.get("extra_epochs", 0)
         self._place_model(
             Numerics(saved.get("precision", "fp32"), saved.get("channels_last", False))
         )
@@ -213,12 +227,26 @@ class Trainer:
             "elapsed": self.elapsed_before + time.perf_counter() - self.started,
             "numerics": numerics_dict(self.numerics),
             "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "architecture": self.architecture,
+            "extra_epochs": self.extra_epochs,
             "processes": self.dist.world,
             "flops": self.flops if self.run.writer else self._flops,
         }
         if rng_by_rank is not None:
             state["rng_by_rank"] = rng_by_rank
         return state
+
+    @property
+    def total_epochs(self) -> int:
+        """Return the run's length: train.epochs plus the epochs the schedule does not count."""
+        return self.cfg.train.epochs + self.extra_epochs
+
+    def replace_model(self, model: nn.Module, architecture: dict[str, Any]) -> None:
+        """Swap in a reshaped `model` with a fresh optimizer (at the initial lr)."""
+        self.model = model
+        self.architecture = architecture
+        self._place_model(self.numerics)
+        self.params = count_params(self.model)
 
     # ------------------------------------------------------------------------------ loop
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -233,14 +261,17 @@ class Trainer:
         smoothing = self.cfg.train.label_smoothing
         start = time.perf_counter()
         for i, batch in enumerate(loader.epoch(epoch)):
-            self.lr = self.schedule.apply(opt, self.step)
+            self.lr = self.schedule.apply(opt, self.step - self.extra_epochs * self.steps_per_epoch)
             with self.numerics.autocast(self.device):
                 logits = model(self.numerics.layout(batch.images))
             soft = batch.targets is not None
             targets = batch.targets if soft else batch.labels
-            loss = soft_target_cross_entropy(logits.float(), targets, smoothing)
+            loss = multi_head_loss(logits, targets, smoothing)
+            logits = combine_heads(logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            for cb in self.callbacks:
+                cb.on_before_step(self)
             opt.step()
             losses[i] = loss.detach()
             # Under mixing, a prediction counts as right when it names the dominant label.
@@ -321,14 +352,14 @@ class Trainer:
             self.run.log(distributed.check_disjoint(self.data.train.epoch_indices(self.epoch + 1)))
         for cb in self.callbacks:
             cb.on_train_start(self)
-        while self.epoch < cfg.train.epochs:
+        while self.epoch < self.total_epochs and not self.stop_requested:
             epoch = self.epoch + 1
             for cb in self.callbacks:
                 cb.on_epoch_start(self, epoch)
             row: dict[str, Any] = {"epoch": epoch, "step": self.step}
             row.update(self._train_epoch(epoch))
             row["step"] = self.step
-            if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
+            if epoch % cfg.train.eval_every == 0 or epoch == self.total_epochs:
                 self._evaluate_splits(row)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, epoch, row)
@@ -408,6 +439,6 @@ def train_resume(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()
         run.write_metrics(trainer.history)
     else:
         trainer.start_fresh()
-    if trainer.epoch >= cfg.train.epochs and run.summary.exists():
+    if trainer.epoch >= trainer.total_epochs and run.summary.exists():
         raise UserError(f"run {run.path} already finished all {cfg.train.epochs} epochs")
     return trainer.fit()

@@ -1,0 +1,294 @@
+"""Neural Rejuvenation (METHODS §2): detection, utilisation, rebuild, training and exact resume."""
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.config import load_config
+from cnnlab.engine.callbacks import Callback
+from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.evaluate_checkpoint import evaluate_checkpoint
+from cnnlab.engine.run_folder import RunFolder
+from cnnlab.engine.trainer import train_new, train_resume
+from cnnlab.errors import UserError
+from cnnlab.methods.rejuvenation import (
+    Rejuvenation,
+    inspect_utilisation,
+    live_channels,
+    parameter_utilisation,
+    rejuvenate,
+    separate_mode_params,
+    unit_graph,
+)
+from cnnlab.models.nr_layers import SplitConv2d, TwoHeadLinear
+from cnnlab.models.resnet import CifarResNet
+from cnnlab.models.vgg import CifarVGG
+from tests.helpers import needs_fashion, read_metrics, without_timing
+
+
+def small_vgg(widths=(4, 4, "M", 8)) -> CifarVGG:
+    return CifarVGG(layout=widths, conv_bias=False, norm_scale_init=0.5, fc_init_std=0.01)
+
+
+def set_scales(model: nn.Module, scales: dict[str, list[float]]) -> None:
+    with torch.no_grad():
+        for path, values in scales.items():
+            model.get_submodule(path).weight.copy_(torch.tensor(values))
+
+
+def test_dead_channels_and_utilisation_match_hand_computed_values():
+    model = small_vgg()  # convs 3->4, 4->4, 4->8 (3x3), classifier not counted
+    set_scales(
+        model,
+        {
+            "features.1": [1.0, 0.005, 0.5, 0.02],  # 0.005 < 0.01 * 1.0: channel 1 dead
+            "features.4": [0.2, 0.2, 0.001, 0.2],  # 0.001 < 0.002: channel 2 dead
+            "features.8": [1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.03, 0.05],  # 0, 0, 0.03 < 0.04
+        },
+    )
+    report = inspect_utilisation(model)
+    assert live_channels(model) == {
+        "features.0": (3, 4),
+        "features.3": (3, 4),
+        "features.7": (5, 8),
+    }
+    # live weights: 3*3 + 3*3 + 5*3 (out x live in) pairs of 9 taps; all: 4*3 + 4*4 + 8*4.
+    assert report.live_weights == 9 * (3 * 3 + 3 * 3 + 5 * 3)
+    assert report.all_weights == 9 * (4 * 3 + 4 * 4 + 8 * 4)
+    assert parameter_utilisation(model) == pytest.approx(33 / 60)
+    # A looser threshold (0.3 * max) kills more: 2/4, 3/4, 3/8 live.
+    assert parameter_utilisation(model, live_threshold=0.3) == pytest.approx(
+        (2 * 3 + 3 * 2 + 3 * 3) / 60
+    )
+
+
+def test_a_unit_with_tiny_scales_or_no_live_input_is_wholly_dead():
+    model = small_vgg()
+    set_scales(model, {"features.4": [5e-4, 1e-4, 0.0, 2e-4]})  # max below all_dead 1e-3
+    report = inspect_utilisation(model)
+    assert report.all_dead == (False, True, True)  # the next unit has no live input
+    assert report.live_weights == 9 * 4 * 3
+
+
+def test_fixed_units_of_a_resnet_count_every_channel_live():
+    model = CifarResNet(depth=8, base_width=4, shortcut_kind="B")
+    graph = unit_graph(model)
+    fixed = [u.conv for u in graph.units if u.fixed]
+    assert fixed == ["stem.0", "stages.0.branch.3", "stages.1.branch.3", "stages.1.skip.0",
+                     "stages.2.branch.3", "stages.2.skip.0"]  # fmt: skip
+    with torch.no_grad():
+        for u in graph.units:
+            model.get_submodule(u.bn).weight[1:] = 1e-5
+    counts = live_channels(model)
+    assert counts["stem.0"] == (4, 4) and counts["stages.1.skip.0"] == (8, 8)
+    assert counts["stages.0.branch.0"] == (1, 4) and counts["stages.2.branch.0"] == (1, 16)
+
+
+def test_unsupported_models_are_named():
+    with pytest.raises(UserError, match="shortcut_kind=B"):
+        unit_graph(CifarResNet(depth=8, base_width=4, shortcut_kind="A"))
+    with pytest.raises(UserError, match="bias-free"):
+        unit_graph(CifarVGG(layout=(4, 8)))
+    with pytest.raises(UserError, match="supports"):
+        unit_graph(nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
+def kill_half(model: nn.Module, randomise: bool = True) -> None:
+    """Zero the scales of every other channel of the non-fixed units; randomise BN stats."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for u in unit_graph(model).units:
+            bn = model.get_submodule(u.bn)
+            if randomise:  # so that copying the wrong statistics would show
+                bn.bias.copy_(torch.randn(bn.bias.shape, generator=gen))
+                bn.running_mean.copy_(torch.randn(bn.bias.shape, generator=gen))
+                bn.running_var.copy_(torch.rand(bn.bias.shape, generator=gen) + 0.5)
+            if not u.fixed:
+                bn.weight[::2] = 0.0
+                bn.bias[::2] = 0.0  # so the dead channels output exactly relu(0) = 0
+
+
+def survivor_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model.train()
+    live, _ = model(x)
+    return live
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: small_vgg((32, 32, "M", 64, 64)),
+        lambda: CifarResNet(depth=11, block="bottleneck", base_width=8, shortcut_kind="B"),
+        lambda: CifarResNet(depth=8, base_width=16, shortcut_kind="B"),
+    ],
+    ids=["vgg", "resnet_bottleneck", "resnet_basic"],
+)
+def test_rebuild_restores_the_budget_and_keeps_the_survivors_function(make):
+    torch.manual_seed(0)
+    model = make()
+    kill_half(model)
+    report = inspect_utilisation(model)
+    assert report.ratio < 0.75  # fixed units (residual adds) stay whole
+    new, plan = rejuvenate(model, report, "separate")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(new) == pytest.approx(count(model), rel=0.05)
+    # Half the channels of the non-fixed units live: the split net uses about half the weights.
+    assert separate_mode_params(new, plan) < 0.75 * count(new)
+    # Widths: survivors first, every split unit has new channels; residual sums still match.
+    for u in plan["units"]:
+        conv = new.get_submodule(u["conv"])
+        assert isinstance(conv, SplitConv2d) and conv.out_channels == u["out"] > u["live_out"]
+    assert isinstance(new.fc, TwoHeadLinear)
+    x = torch.randn(4, 3, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        # Zero the newcomers (their BN scale and shift): the survivors' head must be unchanged.
+        for u in plan["units"]:
+            bn = new.get_submodule(u["bn"])
+            bn.weight[u["live_out"] :] = 0
+            bn.bias[u["live_out"] :] = 0
+        # Running statistics are used, as in the original network.
+        new.eval()
+        total = new(x)
+        new.fc.train()
+        live, new_head = new.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(
+            new_features(new, x), 1), 1))  # fmt: skip
+    assert torch.allclose(live, expected, atol=1e-5)
+    assert torch.allclose(total, live + new_head, atol=1e-6)
+
+
+def new_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(model, CifarVGG):
+        return model.features(x)
+    return model.stages(model.stem(x))
+
+
+def test_cross_attention_starts_as_the_separate_network():
+    torch.manual_seed(0)
+    model = small_vgg((16, 16, "M", 32))
+    kill_half(model)
+    report = inspect_utilisation(model)
+    torch.manual_seed(1)
+    sep, _ = rejuvenate(model, report, "separate")
+    torch.manual_seed(1)
+    ca, plan = rejuvenate(model, report, "cross_attention")
+    assert plan["mode"] == "cross_attention"
+    x = torch.randn(2, 3, 16, 16)
+    sep.eval(), ca.eval()
+    with torch.no_grad():
+        # The cross blocks start at zero, so cross-attention adds nothing yet ...
+        assert torch.allclose(sep(x), ca(x), atol=1e-6)
+        for m in ca.modules():
+            if isinstance(m, SplitConv2d):
+                m.weight.normal_()
+        # ... and couples the halves once they are not.
+        assert not torch.allclose(sep(x), ca(x), atol=1e-3)
+
+
+class ZeroHalfScales(Callback):
+    """At the last step of `epoch`, zero every other scale: utilisation falls below target."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.current = 0
+
+    def on_epoch_start(self, trainer, epoch):
+        self.current = epoch
+
+    def on_step_end(self, trainer, step, loss):
+        if self.current == self.epoch and step % trainer.steps_per_epoch == 0:
+            kill_half(trainer.model, randomise=False)
+
+
+class StopAfter(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, epoch, row):
+        if epoch == self.epoch:
+            trainer.stop_requested = True
+
+
+NR_ARGS = [
+    "model.name=resnet20",
+    "model.shortcut_kind=B",
+    "model.base_width=4",
+    "data.train_limit=768",
+    "data.test_limit=200",
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.eval_batch_size=200",
+    "train.precision=fp32",
+    "train.channels_last=false",
+    "optim.lr=0.05",
+    "schedule.name=multistep",
+    "schedule.peak_epoch=null",
+    "schedule.milestones=[1]",
+    "method.name=rejuvenation",
+    "nr.sparsity=1e-3",
+    "nr.target=0.6",
+]
+
+
+@needs_fashion
+def test_training_rejuvenates_shifts_the_schedule_and_learns(tmp_path):
+    cfg = load_config(None, NR_ARGS)
+    run = RunFolder.create(tmp_path / "run")
+    summary = train_new(cfg, run, [ZeroHalfScales(epoch=2)])
+    rows = read_metrics(run.path)
+    # Two watched epochs (the second rebuilt the net), then the 2 scheduled ones.
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.05, 0.05, 0.005])
+    assert rows[0]["nr_utilisation"] == 1.0 and rows[1]["nr_utilisation"] < 0.6
+    assert "nr_utilisation" not in rows[2]
+    log = (run.path / "log.txt").read_text()
+    assert "nr: rejuvenated at utilisation" in log and "params 17462 ->" in log
+    assert summary["params"] == pytest.approx(17462, rel=0.1)  # int(C * r) at widths of 4-16
+    assert rows[-1]["train_loss"] < rows[2]["train_loss"]
+    assert rows[-1]["test_error"] < 80  # chance is 90
+    state = load_checkpoint(run.last)
+    assert state["architecture"]["mode"] == "separate" and state["extra_epochs"] == 2
+    # `cnnlab eval` rebuilds the widened net from the checkpoint (on all 10,000 test images).
+    metrics = evaluate_checkpoint(run.last, None, None)
+    assert metrics["images"] == 10000 and metrics["error"] < 80
+
+
+RESUME_ARGS = [*NR_ARGS, "data.train_limit=256"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> RunFolder:
+    whole = RunFolder.create(tmp_path_factory.mktemp("nr") / "whole")
+    train_new(load_config(None, RESUME_ARGS), whole, [ZeroHalfScales(epoch=2)])
+    return whole
+
+
+@needs_fashion
+@pytest.mark.parametrize("stop", [1, 2], ids=["before_rebuild", "after_rebuild"])
+def test_resume_across_the_rebuild_equals_an_uninterrupted_run(tmp_path, uninterrupted, stop):
+    cfg, whole = load_config(None, RESUME_ARGS), uninterrupted
+    part = RunFolder.create(tmp_path / "part")
+    train_new(cfg, part, [ZeroHalfScales(epoch=2), StopAfter(stop)])
+    assert load_checkpoint(part.last)["epoch"] == stop
+    train_resume(cfg, RunFolder.open(part.path), [ZeroHalfScales(epoch=2), StopAfter(0)])
+    a, b = load_checkpoint(whole.last), load_checkpoint(part.last)
+    assert a["architecture"] == b["architecture"]
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert without_timing(read_metrics(whole.path)) == without_timing(read_metrics(part.path))
+
+
+@needs_fashion
+def test_compress_only_stops_after_the_rebuild_and_keeps_the_file(tmp_path):
+    cfg = load_config(None, [*NR_ARGS, "data.train_limit=128", "nr.compress_only=true"])
+    run = RunFolder.create(tmp_path / "run")
+    train_new(cfg, run, [ZeroHalfScales(epoch=1)])
+    assert [r["epoch"] for r in read_metrics(run.path)] == [1]
+    saved = load_checkpoint(run.path / "NR_resnet20_0.6.pt")
+    assert saved["architecture"] is not None
+
+
+def test_target_at_least_0999_means_plain_training():
+    cb = Rejuvenation(load_config(None, ["nr.target=0.999"]).nr)
+    assert cb.phase == "off"
