@@ -18,10 +18,14 @@ from cnnlab.data.folder_loader import (
 )
 from cnnlab.data.pipeline import build_data
 from cnnlab.data.prepare import prepare_imagenet_val
+from cnnlab.engine.callbacks import Callback
+from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.evaluate_checkpoint import evaluate_checkpoint
+from cnnlab.engine.run_folder import RunFolder
+from cnnlab.engine.trainer import train_new, train_resume
 from cnnlab.errors import UserError
 from tests.folder_helpers import CORRUPT, make_image_folder
-from tests.helpers import cli, read_metrics
+from tests.helpers import cli, read_metrics, without_timing
 
 TINY = [
     "data.name=folder",
@@ -237,3 +241,23 @@ def test_prepare_imagenet_val_from_devkit_ids_wnids_or_kaggle_csv(tmp_path, caps
     (flat / "ILSVRC2012_val_00000005.JPEG").write_bytes(b"")
     with pytest.raises(UserError, match="without a label"):
         prepare_imagenet_val(flat, wnids, tmp_path / "val4")
+
+
+class _StopAtEpoch2(Callback):
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt  # as if the process were killed after epoch 1's checkpoint
+
+
+def test_a_stopped_folder_run_resumes_exactly_with_worker_processes(tmp_path):
+    root = make_image_folder(tmp_path / "images", per_class=6, val_per_class=2, corrupt=False)
+    cfg = load_config(None, [*TINY, f"data.root={root}", "train.epochs=2", "augment.cutout_size=8"])
+    whole, stopped = RunFolder.create(tmp_path / "whole"), RunFolder.create(tmp_path / "stopped")
+    train_new(cfg, whole)
+    with pytest.raises(KeyboardInterrupt):
+        train_new(cfg, stopped, [_StopAtEpoch2()])
+    assert load_checkpoint(stopped.last)["epoch"] == 1
+    train_resume(cfg, RunFolder.open(stopped.path))
+    a, b = load_checkpoint(whole.last)["model"], load_checkpoint(stopped.last)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert without_timing(read_metrics(whole.path)) == without_timing(read_metrics(stopped.path))
