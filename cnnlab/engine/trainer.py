@@ -114,6 +114,7 @@ class Trainer:
             seed_everything(distributed.rank_seed(cfg.train.seed, self.dist.rank))
         self.params = count_params(self.model)
         self._flops: int | None = None
+        self.logged_notes: set[str] = set()  # data problems already in log.txt
         self.steps_per_epoch = len(self.data.train)
         self.schedule = Schedule(
             cfg.schedule, cfg.train.epochs, self.steps_per_epoch, base_lr=cfg.optim.lr
@@ -341,8 +342,13 @@ class Trainer:
         return False
 
     def _log_data_notes(self) -> None:
-        for loader in (self.data.train, self.data.val, self.data.test):
-            for line in loader.take_notes() if loader is not None else ():
+        loaders = [ld for ld in (self.data.train, self.data.val, self.data.test) if ld is not None]
+        notes = [line for loader in loaders for line in loader.take_notes()]
+        if self.dist.active:  # rank 0 writes the log, so it logs what every rank noticed
+            notes = [line for part in distributed.gather_objects(notes) for line in part]
+        for line in dict.fromkeys(notes):
+            if line not in self.logged_notes:
+                self.logged_notes.add(line)
                 self.run.log(line)
 
     def fit(self) -> dict[str, Any]:
