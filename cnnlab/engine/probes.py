@@ -9,8 +9,10 @@ eval mode under no_grad, so probing changes neither the training nor its random 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +28,7 @@ from cnnlab.analysis.dead import (
 )
 from cnnlab.data.augment import to_model_input
 from cnnlab.engine.callbacks import Callback
+from cnnlab.errors import UserError
 
 if TYPE_CHECKING:
     from cnnlab.config import ProbesConfig
@@ -173,3 +176,22 @@ class ProbeCallback(Callback):
         model.train(was_training)
         row["probes"] = details
         row["probe_seconds"] = self.step_seconds + time.perf_counter() - start
+
+
+def probe_history(target: Path) -> tuple[list[dict[str, Any]], Path]:
+    """Return the metrics rows of a run folder or checkpoint, and the folder they belong to."""
+    from cnnlab.engine.checkpoint import load_checkpoint
+
+    target = Path(target)
+    if target.is_dir():
+        metrics = target / "metrics.jsonl"
+        if not metrics.is_file():
+            raise UserError(f"{target} is not a run folder (it has no metrics.jsonl)")
+        rows = []
+        for number, line in enumerate(metrics.read_text().splitlines(), 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{metrics} line {number} is not JSON (truncated?)") from None
+        return rows, target
+    return list(load_checkpoint(target).get("history", [])), target.parent
