@@ -231,6 +231,7 @@ class ProbesConfig(_Section):
     enabled: bool = True
     batch_size: int = Field(256, ge=1)  # training images in the fixed probe batch
     bn_threshold: float = Field(0.01, gt=0, lt=1)  # dead when |gamma| < this * layer max
+    nr_live_threshold: float = Field(0.01, gt=0, lt=1)  # NR utilisation: live channel rule
 
 
 class BinaryConfig(_Section):

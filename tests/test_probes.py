@@ -17,10 +17,13 @@ from cnnlab.analysis.dead import (
 from cnnlab.config import load_config
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import load_checkpoint
-from cnnlab.engine.probes import probe_indices
+from cnnlab.engine.probes import NRUtilisation, probe_indices
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.trainer import train_new, train_resume
+from cnnlab.methods.rejuvenation import parameter_utilisation
 from cnnlab.models.binary import BinaryConv2d
+from cnnlab.models.preact import PreactResNet
+from cnnlab.models.vgg import CifarVGG
 from tests.helpers import SMALL, cli, needs_fashion, read_metrics, without_timing
 
 torch.set_num_threads(1)
@@ -118,6 +121,20 @@ def test_sign_flips_count_weights_that_never_changed_sign():
     assert flips.frozen_counts() == {"0": (4, 6)}
     flips.reset(model)
     assert flips.frozen_counts() == {"0": (6, 6)}
+
+
+def test_nr_utilisation_probe_reads_live_shares_and_skips_other_networks():
+    vgg = CifarVGG(layout=(4, "M", 8), conv_bias=False)  # convs 3->4, 4->8
+    with torch.no_grad():
+        vgg.features[1].weight.copy_(torch.tensor([1.0, 0.0, 1.0, 1.0]))  # 3 of 4 live
+        vgg.features[5].weight.copy_(torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]))
+    result = NRUtilisation(0.01).measure(vgg, [])
+    assert result.per_layer == {"features.0": 0.75, "features.4": 0.75}
+    # live weight pairs: 3 out x 3 in, then 6 out x 3 live in; all: 4x3 + 8x4 (x 9 taps)
+    assert result.summary == pytest.approx((3 * 3 + 6 * 3) / (4 * 3 + 8 * 4))
+    assert result.summary == pytest.approx(parameter_utilisation(vgg))
+    none = NRUtilisation(0.01).measure(PreactResNet(depth=8, base_width=4), [])
+    assert none.summary is None and none.per_layer == {}
 
 
 def test_probe_batch_indices_are_fixed_and_spread():

@@ -29,6 +29,7 @@ from cnnlab.analysis.dead import (
 from cnnlab.data.augment import to_model_input
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import UserError
+from cnnlab.methods.rejuvenation import inspect_utilisation, unit_graph
 
 if TYPE_CHECKING:
     from cnnlab.config import ProbesConfig
@@ -118,9 +119,39 @@ class FrozenWeights(Probe):
         return _from_counts(self.flips.frozen_counts())
 
 
+class NRUtilisation(Probe):
+    """Neural Rejuvenation's parameter utilisation (METHODS §2 step 4), where it is defined.
+
+    Per layer: the share of each Conv+BN unit's output channels that are live; summary: the
+    share of conv weights whose input and output channels are both live. Only the networks
+    whose unit graph NR knows (CIFAR VGGs, post-activation CIFAR ResNets) are measured.
+    """
+
+    name = "nr_utilisation"
+
+    def __init__(self, live_threshold: float) -> None:
+        self.live_threshold = live_threshold
+
+    def measure(self, model: nn.Module, batches: list[torch.Tensor]) -> ProbeResult:
+        """Read the BN scales of every unit; no reading for networks NR does not cover."""
+        try:
+            graph = unit_graph(model)
+            report = inspect_utilisation(model, self.live_threshold)
+        except UserError:
+            return ProbeResult({}, None)  # not an NR network, or already rebuilt by NR
+        live = report.live_channels(graph)
+        return ProbeResult({k: n / total for k, (n, total) in live.items()}, report.ratio)
+
+
 def build_probes(cfg: ProbesConfig) -> list[Probe]:
     """Return the probes a run measures (a new probe is one more Probe subclass in this list)."""
-    return [DeadReLU(), DeadBN(cfg.bn_threshold), ClampedWeights(), FrozenWeights()]
+    return [
+        DeadReLU(),
+        DeadBN(cfg.bn_threshold),
+        ClampedWeights(),
+        FrozenWeights(),
+        NRUtilisation(cfg.nr_live_threshold),
+    ]
 
 
 def probe_indices(n: int, k: int) -> torch.Tensor:
