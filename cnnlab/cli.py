@@ -91,6 +91,12 @@ def _add_schedule(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("lr.png"), help="PNG to write (lr.png)")
 
 
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="per-layer dead-unit table and layer x epoch heat maps")
+    p.add_argument("target", type=Path, metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("--out", type=Path, help="folder for probe_<name>.png (default: the run's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `cnnlab` command."""
     parser = argparse.ArgumentParser(
@@ -105,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_report(sub)
     _add_schedule(sub)
+    _add_probe(sub)
     return parser
 
 

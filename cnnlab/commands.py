@@ -248,3 +248,26 @@ def report(args: argparse.Namespace, console: Console) -> int:
         args.markdown.write_text(reports.results_page(result, command, args.markdown, picture))
         info.print(f"results page: {args.markdown}", markup=False)
     return 0
+
+
+def probe(args: argparse.Namespace, console: Console) -> int:
+    """`cnnlab probe RUN_OR_CHECKPOINT`: dead-unit fractions per layer, and their heat maps."""
+    from cnnlab.analysis.probe_maps import plot_probe_map, probe_maps
+    from cnnlab.engine.probes import probe_history
+
+    history, folder = probe_history(args.target)
+    maps = probe_maps(history)
+    if not maps:
+        raise UserError(f"{args.target} has no probe readings (trained with probes.enabled=false?)")
+    out = args.out or folder
+    out.mkdir(parents=True, exist_ok=True)
+    for pm in maps:
+        first, last = pm.epochs[0], pm.epochs[-1]
+        table = Table("layer", f"epoch {first}", f"epoch {last}", "max", title=pm.probe)
+        for name, values in zip(pm.layers, pm.values):
+            cells = [f"{v:.3f}" if v == v else "-" for v in (values[0], values[-1])]  # NaN: -
+            table.add_row(name, *cells, f"{max(v for v in values if v == v):.3f}")
+        console.print(table)
+        png = plot_probe_map(pm, out / f"probe_{pm.probe}.png", folder.name)
+        console.print(f"heat map: {png}")
+    return 0

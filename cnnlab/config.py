@@ -277,6 +277,31 @@ class NRConfig(_Section):
     compress_only: bool = False
 
 
+class ProbesConfig(_Section):
+    """Per-epoch dead-unit probes (cnnlab.engine.probes); cheap, so on by default."""
+
+    enabled: bool = True
+    batch_size: int = Field(256, ge=1)  # training images in the fixed probe batch
+    bn_threshold: float = Field(0.01, gt=0, lt=1)  # dead when |gamma| < this * layer max
+    nr_live_threshold: float = Field(0.01, gt=0, lt=1)  # NR utilisation: live channel rule
+
+
+class BinaryConfig(_Section):
+    """ReCU training of binary (`*_1w1a`) models: the tau schedule, or plain sign-STE."""
+
+    recu: bool = True  # false: no clamp, the plain sign straight-through baseline
+    tau_min: float = Field(0.85, gt=0.5, lt=1)
+    tau_max: float = Field(0.99, gt=0.5, lt=1)
+
+    @model_validator(mode="after")
+    def _tau_rises(self) -> BinaryConfig:
+        if self.tau_min > self.tau_max:
+            raise ValueError(
+                f"binary.tau_min ({self.tau_min}) must not exceed binary.tau_max ({self.tau_max})"
+            )
+        return self
+
+
 class Config(_Section):
     """One object describing a run completely; `config.yaml` in a run folder is its dump."""
 
@@ -291,6 +316,8 @@ class Config(_Section):
     reference: ReferenceConfig | None = None
     method: MethodConfig = Field(default_factory=MethodConfig)
     nr: NRConfig = Field(default_factory=NRConfig)
+    probes: ProbesConfig = Field(default_factory=ProbesConfig)
+    binary: BinaryConfig = Field(default_factory=BinaryConfig)
 
     @model_validator(mode="after")
     def _epochs_in_range(self) -> Config:

@@ -92,6 +92,9 @@ SHRINK = {
         "block_config": (1, 1, 1, 1),
     },
     "ImageNetVGG": lambda kw: {"hidden": 256},
+    "ReCUResNet20": lambda kw: {"base_width": 4, "depth": 8},
+    "ReCUResNet18": lambda kw: {"base_width": 4, "blocks": (1, 1, 1, 1)},
+    "ReCUVGGSmall": lambda kw: {"width": 4},
 }
 IMAGENET_FAMILIES = ("ImageNetResNet", "ImageNetDenseNet", "ImageNetVGG")
 

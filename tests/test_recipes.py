@@ -33,10 +33,15 @@ def test_recipe_loads_and_builds(path: Path):
         return
     assert path.parent.name == cfg.data.name  # recipes/<dataset>/<row>.yaml
     ref = cfg.reference
+    if path.name.startswith("study_"):
+        # A study compares arms run here; it has no published figure to claim.
+        assert ref is None
+        return
     assert ref is not None and ref.value is not None and 0 < ref.value < 100
     assert ref.source and ref.protocol and ref.row
 
 
 def test_each_recipe_reproduces_a_different_row():
-    rows = [load_config(p).reference.row for p in RECIPES if p.name != "default.yaml"]
+    rows = [load_config(p).reference.row for p in RECIPES
+            if p.name != "default.yaml" and not p.name.startswith("study_")]  # fmt: skip
     assert len(rows) == len(set(rows))

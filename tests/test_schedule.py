@@ -99,7 +99,7 @@ def test_curve_is_the_lr_of_every_step():
         (["schedule.warmup_epochs=1", "schedule.warmup_steps=10"], "not both"),
         (["schedule.warmup_mode=constant", "schedule.warmup_steps=10"], "needs schedule.warmup_lr"),
         (["schedule.warmup_lr=0.01"], "schedule.warmup_lr needs a warm-up length"),
-        (["schedule.name=cosine", "schedule.peak_epoch=2"], "applies only to schedule.name=onecycle"),
+        (["schedule.name=cosine", "schedule.peak_epoch=2"], "applies only to schedule.name=one"),
         (["schedule.name=onecycle", "schedule.peak_epoch=5"], "must lie below train.epochs"),
         (["schedule.warmup_steps=-1"], "config key 'schedule.warmup_steps'"),
         (["schedule.name=poly"], "config key 'schedule.name'"),

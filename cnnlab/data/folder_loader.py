@@ -149,9 +149,9 @@ class PathTable:
 class FolderImages(Dataset):
     """Decodes one image per (index, epoch) key; an unreadable file gives None and the reason."""
 
-    def __init__(self, samples: Samples, view: ImageView, seed: int) -> None:
-        self.paths = PathTable(samples.paths)
-        self.labels = samples.labels
+    def __init__(self, paths: PathTable, labels: np.ndarray, view: ImageView, seed: int) -> None:
+        self.paths = paths
+        self.labels = labels
         self.view = view
         self.seed = seed
 
@@ -240,6 +240,7 @@ class FolderLoader:
         world: int = 1,
         dtype: torch.dtype = torch.float32,
         warn: Callable[[str], None] | None = None,
+        still_view: ImageView | None = None,
     ) -> None:
         if train and batch_size % world:
             raise ValueError(f"batch size {batch_size} does not split over {world} processes")
@@ -259,7 +260,9 @@ class FolderLoader:
         self.notes: list[str] = []
         self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
         self.sampler = EpochBatches(len(samples), batch_size, train, seed, rank, world)
-        self.dataset = FolderImages(samples, view, seed)
+        self.dataset = FolderImages(self.paths, samples.labels, view, seed)
+        # Unaugmented images of this split (fixed_images) use the evaluation view.
+        self.still = FolderImages(self.paths, samples.labels, still_view or view, seed)
         self.loader = DataLoader(
             self.dataset,
             batch_sampler=self.sampler,
@@ -277,6 +280,14 @@ class FolderLoader:
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """Return the indices of the images this rank trains on in epoch `epoch`."""
         return torch.tensor([i for b in self.sampler.indices(epoch) for i in b], dtype=torch.long)
+
+    def fixed_images(self, index: torch.Tensor) -> torch.Tensor:
+        """Return images `index` decoded with the evaluation view, normalised NCHW, not
+        augmented (e.g. a probe batch); decoded here, in this process."""
+        images, _, bad = collate([self.still[(int(i), 0)] for i in index])
+        self._check(bad)
+        images = images.to(self.device)
+        return to_model_input(images, self.mean, self.inv_std, self.dtype)
 
     def take_notes(self) -> list[str]:
         """Return (and forget) the lines about skipped images since the last call."""

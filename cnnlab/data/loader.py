@@ -102,6 +102,11 @@ class InMemoryLoader:
         n = len(self.labels)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
+    def fixed_images(self, index: torch.Tensor) -> torch.Tensor:
+        """Return images `index`, normalised NCHW and not augmented (e.g. a probe batch)."""
+        idx = index.to(self.images.device)
+        return to_model_input(self.images[idx], self.mean, self.inv_std, self.dtype)
+
     def take_notes(self) -> list[str]:
         """Return lines for the run's log about the data (none: in-memory sets are checked
         when read)."""

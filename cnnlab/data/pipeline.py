@@ -202,7 +202,7 @@ def _build_folder(
             cfg.train.batch_size if train else cfg.train.eval_batch_size, device, train=train,
             augment=augment if train else None, mixer=mixer if train else None,
             seed=cfg.train.seed, workers=d.workers, bad_images=d.bad_images,
-            rank=rank, world=world, warn=warn,
+            rank=rank, world=world, warn=warn, still_view=folder_view(d, False),
         )  # fmt: skip
 
     sizes = f"{len(train)} train, {len(val) if val else 0} val, {len(test)} test images"

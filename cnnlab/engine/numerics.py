@@ -4,8 +4,9 @@ bf16 is several times faster than fp32 on CPUs with native bf16 units and GPUs, 
 times *slower* on CPUs without them, so 'auto' times a few training steps of the real model
 in each candidate and keeps the fastest. On the CPU, 'auto' leaves channels_last out: with
 torch 2.13's CPU kernels a channels_last network with narrow layers ran about 25x slower and,
-now and then, crashed the process (segfault or abort) inside the convolution. The verdict is cached per machine, torch version,
-model and batch shape in ~/.cache/cnnlab/numerics.json so later runs skip the measurement.
+now and then, crashed the process (segfault or abort) inside the convolution. The verdict is
+cached per machine, torch version, model and batch shape in ~/.cache/cnnlab/numerics.json,
+so later runs skip the measurement.
 """
 
 from __future__ import annotations

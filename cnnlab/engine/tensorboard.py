@@ -36,6 +36,10 @@ class TensorBoardWriter(Callback):
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, epoch)
+        # Per-layer probe readings: one chart per layer, grouped by probe (probe_dead_relu/...).
+        for probe, layers in row.get("probes", {}).items():
+            for layer, value in layers.items():
+                self.writer.add_scalar(f"probe_{probe}/{layer}", value, epoch)
         self.writer.flush()
 
     def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:

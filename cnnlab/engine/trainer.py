@@ -14,7 +14,7 @@ from torch import nn
 
 from cnnlab.analysis.curves import plot_run_curves
 from cnnlab.analysis.profile import count_flops, count_params
-from cnnlab.config import Config, dump_config
+from cnnlab.config import BinaryConfig, Config, dump_config
 from cnnlab.data.pipeline import build_data
 from cnnlab.engine import distributed
 from cnnlab.engine.callbacks import Callback
@@ -32,12 +32,14 @@ from cnnlab.engine.evaluate import evaluate
 from cnnlab.engine.losses import combine_heads, multi_head_loss
 from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict
 from cnnlab.engine.optim import Schedule, build_optimizer
+from cnnlab.engine.probes import ProbeCallback
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.tensorboard import TensorBoardWriter, tensorboard_available
 from cnnlab.errors import UserError
 from cnnlab.methods.bn_momentum import BNMomentum
+from cnnlab.methods.recu import ReCUSchedule
 from cnnlab.methods.rejuvenation import Rejuvenation, apply_architecture
-from cnnlab.registry import build_model
+from cnnlab.registry import build_model, model_entry
 
 CHECKPOINT_FORMAT = 1
 
@@ -69,6 +71,16 @@ def config_callbacks(cfg: Config, writer: bool = True) -> list[Callback]:
         callbacks.append(WeightEMA(cfg.train.ema_decay))
     if cfg.method.name == "rejuvenation":
         callbacks.append(Rejuvenation(cfg.nr))
+    # Families of 1-bit models mark themselves `binary = True` (cnnlab/models/recu_nets.py).
+    if getattr(model_entry(cfg.model.name).factory, "binary", False):
+        b = cfg.binary
+        callbacks.append(ReCUSchedule(b.recu, b.tau_min, b.tau_max))
+    elif cfg.binary != BinaryConfig():
+        raise UserError(f"config section 'binary' applies only to binary models "
+                        f"(e.g. resnet20_1w1a), not {cfg.model.name}")  # fmt: skip
+    # Before TensorBoard, so that it logs the probe readings of the row.
+    if cfg.probes.enabled:
+        callbacks.append(ProbeCallback(cfg.probes))
     if writer and tensorboard_available():
         callbacks.append(TensorBoardWriter())
     return callbacks

@@ -410,7 +410,7 @@ class Rejuvenation(Callback):
 
     def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         """Under compress_only, keep the rebuilt checkpoint as NR_<model>_<target>.pt."""
-        if self.cfg.compress_only and self.phase == "rejuvenated":
+        if self.cfg.compress_only and self.phase == "rejuvenated" and trainer.run.writer:
             name = f"NR_{trainer.cfg.model.name}_{self.cfg.target}.pt"
             copy_file_atomic(trainer.run.last, trainer.run.path / name)
             trainer.run.log(f"nr: saved {name}")

@@ -1,0 +1,226 @@
+"""Dead-unit probes as a trainer callback: per layer, per epoch, into metrics and TensorBoard.
+
+At the end of every epoch each probe measures the model; the row gets `probe_<name>` (the
+pooled fraction over all layers' units) and `probes: {<name>: {<layer>: fraction}}`, plus
+`probe_seconds`, the probes' own wall time that epoch (their overhead). The ReLU probe runs a
+fixed batch of training images (evenly spaced indices, no augmentation, no random draw) in
+eval mode under no_grad, so probing changes neither the training nor its random streams.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from cnnlab.analysis.dead import (
+    SignFlips,
+    clamped_weight_counts,
+    dead_bn_counts,
+    dead_relu_counts,
+    fractions,
+    pooled_fraction,
+)
+from cnnlab.engine.callbacks import Callback
+from cnnlab.errors import UserError
+from cnnlab.methods.rejuvenation import inspect_utilisation, unit_graph
+
+if TYPE_CHECKING:
+    from cnnlab.config import ProbesConfig
+    from cnnlab.engine.trainer import Trainer
+
+
+@dataclass
+class ProbeResult:
+    """One probe's reading: a value per layer and one summary value for the whole model."""
+
+    per_layer: dict[str, float]
+    summary: float | None
+
+
+class Probe:
+    """A per-epoch measurement; `start`/`step` are for probes that watch the steps between."""
+
+    name = "probe"
+
+    def start(self, model: nn.Module) -> None:
+        """Called at the start of each epoch."""
+
+    def step(self) -> None:
+        """Called after each optimizer step."""
+
+    def measure(self, model: nn.Module, batches: list[torch.Tensor]) -> ProbeResult:
+        """Measure `model` (in eval mode, under no_grad) at the end of an epoch."""
+        raise NotImplementedError
+
+
+def _from_counts(counts: dict[str, tuple[int, int]]) -> ProbeResult:
+    return ProbeResult(fractions(counts), pooled_fraction(counts))
+
+
+class DeadReLU(Probe):
+    """Fraction of nn.ReLU channels that are zero on the whole probe batch."""
+
+    name = "dead_relu"
+
+    def measure(self, model: nn.Module, batches: list[torch.Tensor]) -> ProbeResult:
+        """Run the probe batch with hooks on every ReLU."""
+        return _from_counts(dead_relu_counts(model, batches))
+
+
+class DeadBN(Probe):
+    """Fraction of norm channels with |gamma| below `rel` times the layer's largest."""
+
+    name = "dead_bn"
+
+    def __init__(self, rel: float) -> None:
+        self.rel = rel
+
+    def measure(self, model: nn.Module, batches: list[torch.Tensor]) -> ProbeResult:
+        """Read the norm layers' scales."""
+        return _from_counts(dead_bn_counts(model, self.rel))
+
+
+class ClampedWeights(Probe):
+    """Fraction of binary latent weights outside ReCU's clamp at the current tau."""
+
+    name = "clamped_weights"
+
+    def measure(self, model: nn.Module, batches: list[torch.Tensor]) -> ProbeResult:
+        """Compare each binary conv's standardised weights with +-Q(tau)."""
+        return _from_counts(clamped_weight_counts(model))
+
+
+class FrozenWeights(Probe):
+    """Fraction of binary weights whose sign did not change during the epoch."""
+
+    name = "frozen_weights"
+
+    def __init__(self) -> None:
+        self.flips = SignFlips()
+
+    def start(self, model: nn.Module) -> None:
+        """Remember the signs at the start of the epoch."""
+        self.flips.reset(model)
+
+    def step(self) -> None:
+        """Accumulate the sign changes of this step (nothing to do without binary convs)."""
+        if self.flips.convs:
+            self.flips.update()
+
+    def measure(self, model: nn.Module, batches: list[torch.Tensor]) -> ProbeResult:
+        """Count the weights that never flipped."""
+        return _from_counts(self.flips.frozen_counts())
+
+
+class NRUtilisation(Probe):
+    """Neural Rejuvenation's parameter utilisation (METHODS §2 step 4), where it is defined.
+
+    Per layer: the share of each Conv+BN unit's output channels that are live; summary: the
+    share of conv weights whose input and output channels are both live. Only the networks
+    whose unit graph NR knows (CIFAR VGGs, post-activation CIFAR ResNets) are measured.
+    """
+
+    name = "nr_utilisation"
+
+    def __init__(self, live_threshold: float) -> None:
+        self.live_threshold = live_threshold
+
+    def measure(self, model: nn.Module, batches: list[torch.Tensor]) -> ProbeResult:
+        """Read the BN scales of every unit; no reading for networks NR does not cover."""
+        try:
+            graph = unit_graph(model)
+            report = inspect_utilisation(model, self.live_threshold)
+        except UserError:
+            return ProbeResult({}, None)  # not an NR network, or already rebuilt by NR
+        live = report.live_channels(graph)
+        return ProbeResult({k: n / total for k, (n, total) in live.items()}, report.ratio)
+
+
+def build_probes(cfg: ProbesConfig) -> list[Probe]:
+    """Return the probes a run measures (a new probe is one more Probe subclass in this list)."""
+    return [
+        DeadReLU(),
+        DeadBN(cfg.bn_threshold),
+        ClampedWeights(),
+        FrozenWeights(),
+        NRUtilisation(cfg.nr_live_threshold),
+    ]
+
+
+def probe_indices(n: int, k: int) -> torch.Tensor:
+    """Return min(k, n) evenly spaced indices into n training images (no random draw)."""
+    k = min(k, n)
+    return torch.arange(k) * n // k
+
+
+class ProbeCallback(Callback):
+    """Measures every probe at each epoch end and writes the readings into the epoch row."""
+
+    def __init__(self, cfg: ProbesConfig) -> None:
+        self.cfg = cfg
+        self.probes = build_probes(cfg)
+        self.images: torch.Tensor | None = None
+        self.step_seconds = 0.0
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Fix the probe batch: evenly spaced training images, normalised, not augmented."""
+        loader = trainer.data.train
+        self.images = loader.fixed_images(probe_indices(loader.num_images, self.cfg.batch_size))
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Let step-watching probes take their starting point."""
+        self.step_seconds = 0.0
+        for probe in self.probes:
+            probe.start(trainer.model)
+
+    def on_step_end(self, trainer: Trainer, step: int, loss: float | None) -> None:
+        """Let step-watching probes see the update."""
+        start = time.perf_counter()
+        for probe in self.probes:
+            probe.step()
+        self.step_seconds += time.perf_counter() - start
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+        """Measure and add probe_<name>, probes{...} and probe_seconds to the row."""
+        start = time.perf_counter()
+        model, numerics = trainer.model, trainer.numerics
+        was_training = model.training
+        model.eval()
+        chunk = trainer.cfg.train.eval_batch_size
+        batches = [numerics.layout(x) for x in self.images.split(chunk)]
+        details: dict[str, dict[str, float]] = {}
+        with torch.no_grad(), numerics.autocast(trainer.device):
+            for probe in self.probes:
+                result = probe.measure(model, batches)
+                if result.summary is None:
+                    continue  # the model has no layer of this kind
+                row[f"probe_{probe.name}"] = result.summary
+                details[probe.name] = result.per_layer
+        model.train(was_training)
+        row["probes"] = details
+        row["probe_seconds"] = self.step_seconds + time.perf_counter() - start
+
+
+def probe_history(target: Path) -> tuple[list[dict[str, Any]], Path]:
+    """Return the metrics rows of a run folder or checkpoint, and the folder they belong to."""
+    from cnnlab.engine.checkpoint import load_checkpoint
+
+    target = Path(target)
+    if target.is_dir():
+        metrics = target / "metrics.jsonl"
+        if not metrics.is_file():
+            raise UserError(f"{target} is not a run folder (it has no metrics.jsonl)")
+        rows = []
+        for number, line in enumerate(metrics.read_text().splitlines(), 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{metrics} line {number} is not JSON (truncated?)") from None
+        return rows, target
+    return list(load_checkpoint(target).get("history", [])), target.parent

@@ -1,0 +1,208 @@
+"""ReCU's CIFAR binary networks (METHODS §3): resnet20_1w1a, resnet18_1w1a, vgg_small_1w1a.
+
+Every conv but the stem is a `BinaryConv2d`; stem, BatchNorms and classifier stay full
+precision. Activations are Hardtanh. Shortcuts that downsample are parameter-free: 2x2 average
+pooling, then zero channels added on both sides.
+
+cnnlab departures, so that 28x28 inputs (Fashion-MNIST) work as well as 32x32: pools use
+ceil_mode (identical at even sizes), the ResNet heads pool adaptively (= avg_pool(4) on the
+4x4 map of a 32x32 input), and VGG-small's three max pools use ceil_mode, so both sizes end at
+the 4x4 map its 512*4*4 classifier expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.models.binary import BinaryConv2d
+from cnnlab.models.layers import stage_blocks
+from cnnlab.registry import register_variant
+
+
+class PoolPadShortcut(nn.Module):
+    """Parameter-free shortcut: 2x2 average pool when striding, zero channels on both sides."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        if out_ch < in_ch or (out_ch - in_ch) % 2:
+            raise ValueError(f"pool-pad shortcut cannot map {in_ch} to {out_ch} channels")
+        self.stride = stride
+        self.side = (out_ch - in_ch) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Average-pool (when striding) and zero-pad the channels."""
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride, ceil_mode=True)
+        return F.pad(x, (0, 0, 0, 0, self.side, self.side)) if self.side else x
+
+
+def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:
+    if in_ch == out_ch and stride == 1:
+        return nn.Identity()
+    return PoolPadShortcut(in_ch, out_ch, stride)
+
+
+def _kaiming(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class _DoubleShortcutBlock(nn.Module):
+    """ReCU ResNet-20 block (Bi-Real style, a shortcut around each binary conv):
+    h = HT(BN(bconv1(x)) + sc(x)); out = HT(BN(bconv2(h)) + h)."""
+
+    def __init__(self, in_ch: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = BinaryConv2d(in_ch, planes, stride=stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = nn.Hardtanh()
+        self.conv2 = BinaryConv2d(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = nn.Hardtanh()
+        self.shortcut = _shortcut(in_ch, planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Two binary convs, each with its own shortcut."""
+        h = self.act1(self.bn1(self.conv1(x)) + self.shortcut(x))
+        return self.act2(self.bn2(self.conv2(h)) + h)
+
+
+class ReCUResNet20(nn.Module):
+    """ReCU's CIFAR ResNet-20 1W1A: FP stem conv-BN-HT, 3 stages, pool, BatchNorm1d, FP linear."""
+
+    binary = True
+
+    def __init__(
+        self,
+        depth: int = 20,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        base_width: int = 16,
+    ) -> None:
+        super().__init__()
+        n = stage_blocks(depth, 2, "ReCU ResNet")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, base_width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(base_width),
+            nn.Hardtanh(),
+        )
+        blocks: list[nn.Module] = []
+        ch = base_width
+        for stage in range(3):
+            planes = base_width * 2**stage
+            for i in range(n):
+                blocks.append(_DoubleShortcutBlock(ch, planes, 2 if stage and not i else 1))
+                ch = planes
+        self.stages = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(ch))
+        self.fc = nn.Linear(ch, num_classes)
+        _kaiming(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits."""
+        return self.fc(self.head(self.stages(self.stem(x))))
+
+
+class _SingleShortcutBlock(nn.Module):
+    """ReCU ResNet-18 block: HT(BN(bconv2(HT(BN(bconv1(x))))) + sc(x))."""
+
+    def __init__(self, in_ch: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = BinaryConv2d(in_ch, planes, stride=stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = nn.Hardtanh()
+        self.conv2 = BinaryConv2d(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = nn.Hardtanh()
+        self.shortcut = _shortcut(in_ch, planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Two binary convs, one shortcut around both."""
+        h = self.act1(self.bn1(self.conv1(x)))
+        return self.act2(self.bn2(self.conv2(h)) + self.shortcut(x))
+
+
+class ReCUResNet18(nn.Module):
+    """ReCU's CIFAR ResNet-18 1W1A: FP stem conv-BN (no activation), 4 stages, pool, BN1d, FP fc."""
+
+    binary = True
+
+    def __init__(
+        self,
+        blocks: Sequence[int] = (2, 2, 2, 2),
+        in_channels: int = 3,
+        num_classes: int = 10,
+        base_width: int = 64,
+    ) -> None:
+        super().__init__()
+        if len(blocks) != 4 or min(blocks) < 1:
+            raise ValueError(f"blocks must be 4 positive counts, got {list(blocks)}")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, base_width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(base_width),
+        )
+        layers: list[nn.Module] = []
+        ch = base_width
+        for stage, count in enumerate(blocks):
+            planes = base_width * 2**stage
+            for i in range(count):
+                layers.append(_SingleShortcutBlock(ch, planes, 2 if stage and not i else 1))
+                ch = planes
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(ch))
+        self.fc = nn.Linear(ch, num_classes)
+        _kaiming(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits."""
+        return self.fc(self.head(self.stages(self.stem(x))))
+
+
+class ReCUVGGSmall(nn.Module):
+    """ReCU's VGG-small 1W1A: FP conv0, five binary convs (pool before BN), FP classifier."""
+
+    binary = True
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 128) -> None:
+        super().__init__()
+        w = width
+        self.conv0 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
+        layers: list[nn.Module] = [nn.BatchNorm2d(w), nn.Hardtanh()]
+        # (in, out, pool after the conv): 128-128 P, 128-256, 256-256 P, 256-512, 512-512 P.
+        plan = ((w, w, True), (w, 2 * w, False), (2 * w, 2 * w, True))
+        plan += ((2 * w, 4 * w, False), (4 * w, 4 * w, True))
+        for cin, cout, pool in plan:
+            layers.append(BinaryConv2d(cin, cout))
+            if pool:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            layers += [nn.BatchNorm2d(cout), nn.Hardtanh()]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(4 * w * 4 * 4, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")  # N(0, 2/(k^2 * out))
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits."""
+        return self.fc(torch.flatten(self.features(self.conv0(x)), 1))
+
+
+register_variant(
+    "resnet20_1w1a", ReCUResNet20, "ReCU CIFAR ResNet-20, 1-bit weights and activations", depth=20
+)
+register_variant(
+    "resnet18_1w1a",
+    ReCUResNet18,
+    "ReCU CIFAR ResNet-18, 1-bit weights and activations",
+    blocks=(2, 2, 2, 2),
+)
+register_variant("vgg_small_1w1a", ReCUVGGSmall, "ReCU VGG-small, 1-bit weights and activations")
