@@ -92,8 +92,9 @@ SHRINK = {
         "block_config": (1, 1, 1, 1),
     },
     "ImageNetVGG": lambda kw: {"hidden": 256},
+    "NRImageNetVGG": lambda kw: {"base_width": 4},
 }
-IMAGENET_FAMILIES = ("ImageNetResNet", "ImageNetDenseNet", "ImageNetVGG")
+IMAGENET_FAMILIES = ("ImageNetResNet", "ImageNetDenseNet", "ImageNetVGG", "NRImageNetVGG")
 
 
 def small_model(name: str, in_channels: int, num_classes: int) -> torch.nn.Module:

@@ -14,6 +14,7 @@ from cnnlab.errors import UserError
 from cnnlab.methods.rejuvenation import (
     Rejuvenation,
     apply_architecture,
+    conv_output_pixels,
     inspect_utilisation,
     live_channels,
     neural_rescale,
@@ -23,9 +24,11 @@ from cnnlab.methods.rejuvenation import (
     unit_graph,
 )
 from cnnlab.models.densenet import DenseNet
+from cnnlab.models.imagenet import ImageNetDenseNet, ImageNetResNet, NRImageNetVGG
 from cnnlab.models.nr_layers import SplitConv2d, TwoHeadLinear
 from cnnlab.models.resnet import CifarResNet
 from cnnlab.models.vgg import CifarVGG
+from cnnlab.registry import build_model
 from tests.helpers import needs_fashion, read_metrics, without_timing
 
 
@@ -96,6 +99,49 @@ def test_unsupported_models_are_named():
         unit_graph(nn.Sequential(nn.Conv2d(3, 4, 3)))
     with pytest.raises(UserError, match="post_activation"):
         unit_graph(DenseNet(depth=10, growth=4))  # pre-activation units
+    with torch.device("meta"):
+        with pytest.raises(UserError, match="post_activation"):
+            unit_graph(build_model("densenet121"))
+        with pytest.raises(UserError, match="grouped"):
+            unit_graph(build_model("resnext50_32x4d"))
+        with pytest.raises(UserError, match="supports"):
+            unit_graph(build_model("vgg16_bn"))  # FC classifier stack
+
+
+@pytest.mark.parametrize(
+    "name, units, fixed",
+    [
+        ("resnet18", 1 + 8 * 2 + 3, 1 + 8 + 3),  # stem, 2 convs per block, 3 projections
+        ("resnet34", 1 + 16 * 2 + 3, 1 + 16 + 3),
+        ("resnet50", 1 + 16 * 3 + 4, 1 + 16 + 4),  # the first block projects too (64 -> 256)
+        ("resnet101", 1 + 33 * 3 + 4, 1 + 33 + 4),
+        ("vgg16_nr", 16, 0),
+        ("densenet121_nr", 1 + 58 * 2 + 3, 0),  # stem, 2 convs per dense unit, 3 transitions
+    ],
+)
+def test_imagenet_networks_read_as_units(name, units, fixed):
+    with torch.device("meta"):
+        graph = unit_graph(build_model(name))
+    assert (len(graph.units), sum(u.fixed for u in graph.units)) == (units, fixed)
+
+
+def test_flops_weighting_uses_each_convs_output_size():
+    model = NRImageNetVGG(num_classes=10, base_width=2)
+    pixels = conv_output_pixels(model, (3, 64, 64))
+    # 7x7 stride 2: 32x32; after the 3x3 stride-2 pool 16x16, then 8, 4 and 2 after each pool.
+    assert [pixels[u.conv] for u in unit_graph(model).units] == (
+        [1024, 1024] + [256] * 2 + [64] * 4 + [16] * 4 + [4] * 4
+    )
+    set_scales(model, {"features.1": [1.0, 0.0]})  # the stem loses one of its 2 channels
+    report = inspect_utilisation(model, input_shape=(3, 64, 64))
+    per_pair = {u.conv: model.get_submodule(u.conv).weight[0, 0].numel() * pixels[u.conv]
+                for u in unit_graph(model).units}  # fmt: skip
+    conv = model.get_submodule
+    total = sum(conv(c).in_channels * conv(c).out_channels * n for c, n in per_pair.items())
+    # The stem keeps 1 of 2 outputs (3 inputs); the next conv 1 of 2 inputs (2 outputs).
+    lost = 1 * 3 * per_pair["features.0"] + 2 * 1 * per_pair["features.3"]
+    assert report.all_weights == total
+    assert report.live_weights == total - lost
 
 
 def test_densenet_concatenations_join_the_live_masks():
@@ -151,8 +197,28 @@ def survivor_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         lambda: CifarResNet(depth=11, block="bottleneck", base_width=8, shortcut_kind="B"),
         lambda: CifarResNet(depth=8, base_width=16, shortcut_kind="B"),
         lambda: DenseNet(depth=10, growth=8, bottleneck=True, post_activation=True),
+        # ImageNet networks at 64x64: resnet18 as is, the others narrowed or shortened.
+        lambda: ImageNetResNet(depth=18, num_classes=10),
+        lambda: ImageNetResNet(depth=50, base_width=16, num_classes=10),
+        lambda: NRImageNetVGG(num_classes=10, base_width=8),
+        lambda: ImageNetDenseNet(
+            block_config=(2, 2, 2, 2),
+            growth_rate=32,
+            init_features=64,
+            num_classes=10,
+            post_activation=True,
+        ),  # fmt: skip
     ],
-    ids=["vgg", "resnet_bottleneck", "resnet_basic", "densenet"],
+    ids=[
+        "vgg",
+        "resnet_bottleneck",
+        "resnet_basic",
+        "densenet",
+        "imagenet_resnet18",
+        "imagenet_resnet50",
+        "imagenet_vgg16_nr",
+        "imagenet_densenet_nr",
+    ],  # fmt: skip
 )
 def test_rebuild_restores_the_budget_and_keeps_the_survivors_function(make):
     torch.manual_seed(0)
@@ -162,7 +228,9 @@ def test_rebuild_restores_the_budget_and_keeps_the_survivors_function(make):
     assert report.ratio < 0.75  # fixed units (residual adds) stay whole
     new, plan = rejuvenate(model, report, "separate")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    # DenseNet: r = int(sqrt(1 / 0.246)) = 2 restores the budget only up to that truncation.
+    # DenseNet: r = int(sqrt(1 / 0.246)) = 2 restores the budget only up to that truncation;
+    # the ImageNet DenseNet's 7x7 stem on 3 channels (a large share of a small net) grows by
+    # r, not r^2.
     assert count(new) == pytest.approx(count(model), rel=0.06 if plan["concats"] else 0.05)
     # Half the channels of the non-fixed units live: the split net uses about half the weights.
     assert separate_mode_params(new, plan) < 0.75 * count(new)
@@ -175,7 +243,8 @@ def test_rebuild_restores_the_budget_and_keeps_the_survivors_function(make):
         assert all(u["out"] == 2 * u["live_out"] for u in plan["units"])  # integer rate 2
         # survivors of the input x and of the unit: stem 5 of 16, transitions 6 of 12, 5 of 10
         assert [c["live"] for c in plan["concats"]] == [[5, 4], [6, 4], [5, 4]]
-    x = torch.randn(4, 3, 16, 16)
+    size = 64 if isinstance(model, IMAGENET) else 16
+    x = torch.randn(4, 3, size, size)
     model.eval()
     with torch.no_grad():
         expected = model(x)
@@ -200,11 +269,16 @@ def test_rebuild_restores_the_budget_and_keeps_the_survivors_function(make):
         assert torch.equal(replayed(x), total)
 
 
+IMAGENET = (ImageNetResNet, ImageNetDenseNet, NRImageNetVGG)
+
+
 def new_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(model, CifarVGG):
         return model.features(x)
     if isinstance(model, DenseNet):
         return model.blocks(model.stem(x))
+    if isinstance(model, (ImageNetDenseNet, NRImageNetVGG)):
+        return model.features(x)
     return model.stages(model.stem(x))
 
 

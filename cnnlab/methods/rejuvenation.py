@@ -11,8 +11,10 @@ copies the survivors into the first slots and initialises the newcomers; the res
 same shapes, which is how a checkpoint taken after the rebuild is resumed or evaluated.
 
 Supported networks: the CIFAR VGGs (bias-free convs with BN, e.g. `vgg19_nr`), the CIFAR
-post-activation ResNets with projection shortcuts (`resnet164`, or `shortcut_kind=B`) and the
-conv-BN-ReLU DenseNets (`densenet100_k40_nr`, or `post_activation=True`).
+post-activation ResNets with projection shortcuts (`resnet164`, or `shortcut_kind=B`), the
+conv-BN-ReLU DenseNets (`densenet100_k40_nr`, or `post_activation=True`), and for ImageNet
+`resnet18/34/50/101`, NR's `vgg16_nr` and `densenet121_nr`. `neural_rescale` is NR's
+`--nr-bn-target`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import copy_file_atomic
 from cnnlab.errors import UserError
 from cnnlab.models.densenet import DenseNet, DenseUnit
+from cnnlab.models.imagenet import ImageNetDenseNet, ImageNetResNet, NRImageNetVGG
 from cnnlab.models.layers import ShortcutA
 from cnnlab.models.nr_layers import SplitConv2d, TwoHeadLinear
 from cnnlab.models.resnet import CifarResNet
@@ -89,7 +92,7 @@ def _bn_after(seq: nn.Sequential, i: int, where: str) -> None:
         raise UserError(f"rejuvenation needs BatchNorm after every conv ({where}.{i}); use norm=bn")
 
 
-def _vgg_graph(model: CifarVGG) -> UnitGraph:
+def _vgg_graph(model: CifarVGG | NRImageNetVGG) -> UnitGraph:
     units: list[Unit] = []
     for i, m in enumerate(model.features):
         if isinstance(m, nn.Conv2d):
@@ -103,7 +106,7 @@ def _vgg_graph(model: CifarVGG) -> UnitGraph:
     return UnitGraph(tuple(units), "fc", (len(units) - 1,))
 
 
-def _resnet_graph(model: CifarResNet) -> UnitGraph:
+def _resnet_graph(model: CifarResNet | ImageNetResNet) -> UnitGraph:
     # The stem and every unit feeding an addition are fixed, so each block's input is all live
     # and any fixed unit of the previous block stands for it.
     units = [Unit("stem.0", "stem.1", (), True)]
@@ -119,6 +122,8 @@ def _resnet_graph(model: CifarResNet) -> UnitGraph:
         if not isinstance(block.se, nn.Identity) or not isinstance(block.after_add, nn.Identity):
             raise UserError("rejuvenation does not support se or bn_after_add in a ResNet")
         convs = [i for i, m in enumerate(block.branch) if isinstance(m, nn.Conv2d)]
+        if any(block.branch[i].groups != 1 for i in convs):
+            raise UserError("rejuvenation does not support grouped convs (ResNeXt)")
         source = block_input
         for j, i in enumerate(convs):
             _bn_after(block.branch, i, f"{where}.branch")
@@ -131,49 +136,54 @@ def _resnet_graph(model: CifarResNet) -> UnitGraph:
     return UnitGraph(tuple(units), "fc", (block_input,))
 
 
-def _densenet_graph(model: DenseNet) -> UnitGraph:
+def _densenet_graph(model: DenseNet | ImageNetDenseNet) -> UnitGraph:
     # The features at any point are the concatenation of some units' outputs (`features`);
     # a dense unit appends its last conv, a transition replaces them by its own conv.
     if not isinstance(model.head[0], nn.AdaptiveAvgPool2d):
         raise UserError(
-            "rejuvenation needs conv-BN-ReLU DenseNet units (densenet100_k40_nr, or "
-            "model.post_activation=true): a pre-activation BN does not gate its conv's outputs"
+            "rejuvenation needs conv-BN-ReLU DenseNet units (densenet100_k40_nr, densenet121_nr, "
+            "or model.post_activation=true): a pre-activation BN does not gate its conv's outputs"
         )
-    _bn_after(model.stem, 0, "stem")
-    units = [Unit("stem.0", "stem.1", (), False)]
+    if isinstance(model, DenseNet):
+        stem_path, body = "stem", [(f"blocks.{i}", m) for i, m in enumerate(model.blocks)]
+    else:  # ImageNet: features = [stem, dense units and transitions]
+        stem_path = "features.0"
+        body = [(f"features.{i}", m) for i, m in enumerate(model.features) if i > 0]
+    _bn_after(model.get_submodule(stem_path), 0, stem_path)
+    units = [Unit(f"{stem_path}.0", f"{stem_path}.1", (), False)]
     features: tuple[int, ...] = (0,)
     concats = []
-    for b, module in enumerate(model.blocks):
-        seq, where = (
-            (module.branch, f"blocks.{b}.branch")
-            if isinstance(module, DenseUnit)
-            else (module.body, f"blocks.{b}.body")
-        )
+    for path, module in body:
+        dense = isinstance(module, DenseUnit)
+        seq, where = (module.branch, f"{path}.branch") if dense else (module.body, f"{path}.body")
         source = features
         for i, m in enumerate(seq):
             if isinstance(m, nn.Conv2d):
                 _bn_after(seq, i, where)
                 units.append(Unit(f"{where}.{i}", f"{where}.{i + 1}", source, False))
                 source = (len(units) - 1,)
-        if isinstance(module, DenseUnit):
-            concats.append((f"blocks.{b}", features, source[0]))
+        if dense:
+            concats.append((path, features, source[0]))
             features = (*features, source[0])
         else:
             features = source
-    return UnitGraph(tuple(units), "fc", features, tuple(concats), integer_rate=True)
+    # NR's CIFAR DenseNet widens by int(sqrt(all / live)), its ImageNet one by the float.
+    integer = isinstance(model, DenseNet)
+    return UnitGraph(tuple(units), "fc", features, tuple(concats), integer_rate=integer)
 
 
 def unit_graph(model: nn.Module) -> UnitGraph:
     """Return the Conv+BN units of a supported network; a UserError for any other."""
-    if isinstance(model, CifarVGG):
+    if isinstance(model, (CifarVGG, NRImageNetVGG)):
         return _vgg_graph(model)
-    if isinstance(model, CifarResNet):
+    if isinstance(model, (CifarResNet, ImageNetResNet)):
         return _resnet_graph(model)
-    if isinstance(model, DenseNet):
+    if isinstance(model, (DenseNet, ImageNetDenseNet)):
         return _densenet_graph(model)
     raise UserError(
-        f"rejuvenation supports the CIFAR VGGs (vgg19_nr), post-activation CIFAR ResNets "
-        f"(resnet164) and conv-BN-ReLU DenseNets (densenet100_k40_nr), not {type(model).__name__}"
+        f"rejuvenation supports the CIFAR VGGs (vgg19_nr), post-activation ResNets (resnet164, "
+        f"resnet18..101), NR's ImageNet VGG (vgg16_nr) and conv-BN-ReLU DenseNets "
+        f"(densenet100_k40_nr, densenet121_nr), not {type(model).__name__}"
     )
 
 
