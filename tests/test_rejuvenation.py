@@ -1,5 +1,7 @@
 """Neural Rejuvenation (METHODS §2): detection, utilisation, rebuild, training and exact resume."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -489,3 +491,23 @@ def test_resuming_a_compressed_run_rescales_once_and_keeps_the_file(tmp_path):
     assert load_checkpoint(saved)["epoch"] == 1
     assert all(torch.equal(compressed["model"][k], v) for k, v in
                load_checkpoint(saved)["model"].items())  # fmt: skip
+
+
+@needs_fashion
+def test_a_densenet_rebuilds_in_training_and_resumes_with_its_split_concatenations(tmp_path):
+    args = [*NR_ARGS, "model.name=densenet40_k12", "model.post_activation=true",
+            "data.train_limit=16", "data.test_limit=16", "train.batch_size=16"]  # fmt: skip
+    args.remove("model.shortcut_kind=B")
+    args.remove("model.base_width=4")
+    cfg = load_config(None, args)
+    run = RunFolder.create(tmp_path / "run")
+    train_new(cfg, run, [ZeroHalfScales(epoch=1), StopAfter(1)])
+    plan = load_checkpoint(run.last)["architecture"]
+    assert len(plan["concats"]) == 36  # 12 dense units in each of the 3 blocks
+    assert all(u["out"] == 2 * u["live_out"] for u in plan["units"])  # r = int(sqrt(...)) = 2
+    # Resuming rebuilds the split net from the plan and trains the two heads on.
+    train_resume(cfg, RunFolder.open(run.path), [StopAfter(2)])
+    rows = read_metrics(run.path)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert math.isfinite(rows[1]["train_loss"])
+    assert load_checkpoint(run.last)["architecture"] == plan
