@@ -107,8 +107,9 @@ SHRINK = {
     "ReCUResNet20": lambda kw: {"base_width": 4, "depth": 8},
     "ReCUResNet18": lambda kw: {"base_width": 4, "blocks": (1, 1, 1, 1)},
     "ReCUVGGSmall": lambda kw: {"width": 4},
+    "NRImageNetVGG": lambda kw: {"base_width": 4},
 }
-IMAGENET_FAMILIES = ("ImageNetResNet", "ImageNetDenseNet", "ImageNetVGG")
+IMAGENET_FAMILIES = ("ImageNetResNet", "ImageNetDenseNet", "ImageNetVGG", "NRImageNetVGG")
 
 
 def small_model(name: str, in_channels: int, num_classes: int) -> torch.nn.Module:

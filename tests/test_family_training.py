@@ -17,7 +17,7 @@ pytestmark = needs_fashion
 # families keep their full channel widths, so they get smaller batches at 32x32.
 REPRESENTATIVES = [
     "densenet_bc100_k12", "densenet121", "preact_resnet20", "pyramidnet110_a48", "resnet18",
-    "resnet20", "resnext29_4x64d", "shake_shake26_2x32d", "vgg15_bn", "wrn16_4",
+    "resnet20", "resnext29_4x64d", "shake_shake26_2x32d", "vgg15_bn", "wrn16_4", "vgg16_nr",
 ]  # fmt: skip
 # Families left out of the learning check, with why; their forward/backward and parameter
 # counts are checked in test_registry.py and test_zoo_b.py.
