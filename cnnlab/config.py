@@ -275,6 +275,8 @@ class NRConfig(_Section):
     mode: Literal["separate", "cross_attention"] = "separate"
     flops: bool = False
     compress_only: bool = False
+    # Neural rescaling (METHODS §2 step 10) once, before the first epoch after the rebuild.
+    bn_target: float | None = Field(None, gt=0)
 
 
 class ProbesConfig(_Section):

@@ -57,6 +57,18 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def files_below(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, bytes]]:
+    """Return {relative path: (mtime_ns, bytes)} of every file below `folder` but `skip` names.
+
+    Recursive because a run folder has sub-folders (TensorBoard's event files).
+    """
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
+
+
 def without_timing(rows: list[dict]) -> list[dict]:
     """Drop the wall-clock fields of metrics rows, which differ between equal runs."""
     return [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in rows]
@@ -95,8 +107,9 @@ SHRINK = {
     "ReCUResNet20": lambda kw: {"base_width": 4, "depth": 8},
     "ReCUResNet18": lambda kw: {"base_width": 4, "blocks": (1, 1, 1, 1)},
     "ReCUVGGSmall": lambda kw: {"width": 4},
+    "NRImageNetVGG": lambda kw: {"base_width": 4},
 }
-IMAGENET_FAMILIES = ("ImageNetResNet", "ImageNetDenseNet", "ImageNetVGG")
+IMAGENET_FAMILIES = ("ImageNetResNet", "ImageNetDenseNet", "ImageNetVGG", "NRImageNetVGG")
 
 
 def small_model(name: str, in_channels: int, num_classes: int) -> torch.nn.Module:

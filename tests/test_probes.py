@@ -20,7 +20,7 @@ from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.probes import NRUtilisation, probe_indices
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.trainer import train_new, train_resume
-from cnnlab.methods.rejuvenation import parameter_utilisation
+from cnnlab.methods.rejuvenation import inspect_utilisation, parameter_utilisation, rejuvenate
 from cnnlab.models.binary import BinaryConv2d
 from cnnlab.models.preact import PreactResNet
 from cnnlab.models.vgg import CifarVGG
@@ -135,6 +135,8 @@ def test_nr_utilisation_probe_reads_live_shares_and_skips_other_networks():
     assert result.summary == pytest.approx(parameter_utilisation(vgg))
     none = NRUtilisation(0.01).measure(PreactResNet(depth=8, base_width=4), [])
     assert none.summary is None and none.per_layer == {}
+    rebuilt, _ = rejuvenate(vgg, inspect_utilisation(vgg))
+    assert NRUtilisation(0.01).measure(rebuilt, []).summary is None  # defined before it only
 
 
 def test_probe_batch_indices_are_fixed_and_spread():

@@ -9,7 +9,14 @@ import time
 import torch
 
 from cnnlab.engine.checkpoint import load_checkpoint
-from tests.helpers import SMALL, cli_process, needs_fashion, read_metrics, without_timing
+from tests.helpers import (
+    SMALL,
+    cli_process,
+    files_below,
+    needs_fashion,
+    read_metrics,
+    without_timing,
+)
 
 pytestmark = needs_fashion
 
@@ -49,18 +56,8 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
 def test_resuming_a_finished_run_is_refused_and_changes_nothing(tmp_path):
     run = tmp_path / "run"
     assert cli_process("train", "--out", str(run), *SMALL).returncode == 0
-
-    def files() -> dict[str, bytes]:
-        # Every file below the run folder (TensorBoard writes a sub-folder), but the log,
-        # which records the refusal.
-        return {
-            str(p.relative_to(run)): p.read_bytes()
-            for p in run.rglob("*")
-            if p.is_file() and p.name != "log.txt"
-        }
-
-    before = files()
+    before = files_below(run, skip=("log.txt",))  # the log records the refusal
     again = cli_process("train", "--resume", str(run))
     assert again.returncode == 2
     assert "already finished" in again.stderr
-    assert files() == before
+    assert files_below(run, skip=("log.txt",)) == before

@@ -11,7 +11,7 @@ import pytest
 from cnnlab.config import DEFAULT_RECIPE
 from cnnlab.experiments.plan import SweepSpec, parse_grid, plan, shard, split_values
 from cnnlab.experiments.report import build_report
-from tests.helpers import cli, cli_process, needs_fashion
+from tests.helpers import cli, cli_process, files_below, needs_fashion
 from tests.sweep_helpers import TINY, shared_sweep, sweep_args
 
 RUN_NAMES = [f"optim.lr={lr}/seed{seed}" for lr in ("0.05", "0.1") for seed in (0, 1)]
@@ -79,14 +79,14 @@ def test_a_killed_sweep_rerun_keeps_finished_runs_and_gives_the_same_table(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (second / "summary.json").exists(), "the second run finished before the kill"
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first.iterdir()}
+    before = files_below(first)
 
     again = cli_process(*sweep_args(out))
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{RUN_NAMES[0]}: skipped" in again.stdout
     assert f"{RUN_NAMES[1]}: resumed" in again.stdout
     assert "resumed after epoch 1" in (second / "log.txt").read_text()
-    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in first.iterdir()}
+    after = files_below(first)
     assert after == before  # the finished run was not touched, let alone retrained
     assert _table(out) == _table(shared_sweep(tmp_path_factory))
 

@@ -11,6 +11,8 @@ from cnnlab.data.loader import InMemoryLoader
 from cnnlab.engine.ema import WeightEMA
 from cnnlab.engine.evaluate import evaluate, predict
 from cnnlab.engine.numerics import Numerics
+from cnnlab.engine.probes import ProbeCallback
+from cnnlab.engine.tensorboard import TensorBoardWriter, tensorboard_available
 from cnnlab.engine.trainer import config_callbacks
 from cnnlab.methods.bn_momentum import BNMomentum
 
@@ -82,10 +84,15 @@ def test_fixed_bn_momentum_is_set_on_every_batchnorm():
 
 
 def test_config_switches_the_callbacks_on():
-    assert config_callbacks(load_config()) == []
+    # Probes are on by default; TensorBoard joins wherever its package is installed.
+    writer = [TensorBoardWriter] if tensorboard_available() else []
+    assert [type(cb) for cb in config_callbacks(load_config())] == [ProbeCallback, *writer]
     cfg = load_config(None, ["train.bn_momentum=dynamic", "train.ema_decay=0.99"])
     kinds = [type(cb) for cb in config_callbacks(cfg)]
-    assert kinds == [BNMomentum, WeightEMA]
+    assert kinds == [BNMomentum, WeightEMA, ProbeCallback, *writer]
+    assert [type(cb) for cb in config_callbacks(load_config(None, ["probes.enabled=false"]))] == [
+        *writer
+    ]
 
 
 def test_flip_tta_averages_the_logits_of_image_and_mirror():

@@ -29,6 +29,7 @@ from cnnlab.analysis.dead import (
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import UserError
 from cnnlab.methods.rejuvenation import inspect_utilisation, unit_graph
+from cnnlab.models.nr_layers import SplitConv2d
 
 if TYPE_CHECKING:
     from cnnlab.config import ProbesConfig
@@ -123,7 +124,7 @@ class NRUtilisation(Probe):
 
     Per layer: the share of each Conv+BN unit's output channels that are live; summary: the
     share of conv weights whose input and output channels are both live. Only the networks
-    whose unit graph NR knows (CIFAR VGGs, post-activation CIFAR ResNets) are measured.
+    whose unit graph NR knows (README, Neural Rejuvenation) are measured.
     """
 
     name = "nr_utilisation"
@@ -133,11 +134,15 @@ class NRUtilisation(Probe):
 
     def measure(self, model: nn.Module, batches: list[torch.Tensor]) -> ProbeResult:
         """Read the BN scales of every unit; no reading for networks NR does not cover."""
+        # A rebuilt network's split convs hold blocks that separate mode never uses, so NR's
+        # ratio is defined only before the rebuild (NR itself stops measuring there too).
+        if any(isinstance(m, SplitConv2d) for m in model.modules()):
+            return ProbeResult({}, None)
         try:
             graph = unit_graph(model)
-            report = inspect_utilisation(model, self.live_threshold)
         except UserError:
-            return ProbeResult({}, None)  # not an NR network, or already rebuilt by NR
+            return ProbeResult({}, None)  # a network NR does not cover
+        report = inspect_utilisation(model, self.live_threshold)
         live = report.live_channels(graph)
         return ProbeResult({k: n / total for k, (n, total) in live.items()}, report.ratio)
 

@@ -453,10 +453,10 @@ def train_resume(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()
     trainer.log_setup()
     if run.last.exists():
         trainer.restore(load_checkpoint(run.last))
+        if trainer.epoch >= trainer.total_epochs and run.summary.exists():
+            raise UserError(f"run {run.path} already finished all {trainer.epoch} epochs")
         # metrics.jsonl may hold an epoch that finished after the checkpoint was written.
         run.write_metrics(trainer.history)
     else:
         trainer.start_fresh()
-    if trainer.epoch >= trainer.total_epochs and run.summary.exists():
-        raise UserError(f"run {run.path} already finished all {cfg.train.epochs} epochs")
     return trainer.fit()

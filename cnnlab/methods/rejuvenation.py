@@ -1,16 +1,20 @@
 """Neural Rejuvenation (METHODS §2): sparsify BN scales, measure utilisation, rebuild, retrain.
 
-A network is read as a chain of Conv+BN *units* (`unit_graph`): each unit names the unit whose
-output feeds it (-1 for the image), and whether it is *fixed* (feeds a residual addition, so
-it is never pruned and never penalised). Utilisation is the share of conv weights whose input
+A network is read as a graph of Conv+BN *units* (`unit_graph`): each unit names the units whose
+outputs, concatenated in that order, feed it (none for the image; one for a chain; several
+after DenseNet's concatenations), and whether it is *fixed* (feeds a residual addition, so it
+is never pruned and never penalised). Utilisation is the share of conv weights whose input
 and output channels are both live (`inspect_utilisation`, `parameter_utilisation`). When it
 falls to `nr.target`, `rejuvenate` drops dead channels, widens every unit by the same factor,
 copies the survivors into the first slots and initialises the newcomers; the result is a
 *plan* (plain data: widths and splits per unit) that `apply_architecture` turns back into the
 same shapes, which is how a checkpoint taken after the rebuild is resumed or evaluated.
 
-Supported networks: the CIFAR VGGs (bias-free convs with BN, e.g. `vgg19_nr`) and the CIFAR
-post-activation ResNets with projection shortcuts (`resnet164`, or `shortcut_kind=B`).
+Supported networks: the CIFAR VGGs (bias-free convs with BN, e.g. `vgg19_nr`), the CIFAR
+post-activation ResNets with projection shortcuts (`resnet164`, or `shortcut_kind=B`), the
+conv-BN-ReLU DenseNets (`densenet100_k40_nr`, or `post_activation=True`), and for ImageNet
+`resnet18/34/50/101`, NR's `vgg16_nr` and `densenet121_nr`. `neural_rescale` is NR's
+`--nr-bn-target`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from torch import nn
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import copy_file_atomic
 from cnnlab.errors import UserError
+from cnnlab.models.densenet import DenseNet, DenseUnit
+from cnnlab.models.imagenet import ImageNetDenseNet, ImageNetResNet, NRImageNetVGG
 from cnnlab.models.layers import ShortcutA
 from cnnlab.models.nr_layers import SplitConv2d, TwoHeadLinear
 from cnnlab.models.resnet import CifarResNet
@@ -41,21 +47,27 @@ NEW_FC_STD = 0.01  # std of the classifier columns that read new channels
 
 @dataclass(frozen=True)
 class Unit:
-    """One Conv+BN unit: module paths, the unit feeding it (-1 = image), fixed or not."""
+    """One Conv+BN unit: module paths, the units feeding it (concatenated; () = image), fixed."""
 
     conv: str
     bn: str
-    source: int
+    sources: tuple[int, ...]
     fixed: bool
 
 
 @dataclass(frozen=True)
 class UnitGraph:
-    """The units of a network in forward order, and the classifier with its source unit."""
+    """The units in forward order, the classifier with its sources, DenseNet's concatenations.
+
+    `concats` maps a module joining [x, branch(x)] to (the units making x, the unit making
+    branch(x)); after rejuvenation it concatenates survivors and newcomers separately.
+    """
 
     units: tuple[Unit, ...]
     classifier: str
-    classifier_source: int
+    classifier_sources: tuple[int, ...]
+    concats: tuple[tuple[str, tuple[int, ...], int], ...] = ()
+    integer_rate: bool = False  # DenseNet: the expansion rate is int(sqrt(all / live))
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ def _bn_after(seq: nn.Sequential, i: int, where: str) -> None:
         raise UserError(f"rejuvenation needs BatchNorm after every conv ({where}.{i}); use norm=bn")
 
 
-def _vgg_graph(model: CifarVGG) -> UnitGraph:
+def _vgg_graph(model: CifarVGG | NRImageNetVGG) -> UnitGraph:
     units: list[Unit] = []
     for i, m in enumerate(model.features):
         if isinstance(m, nn.Conv2d):
@@ -89,14 +101,15 @@ def _vgg_graph(model: CifarVGG) -> UnitGraph:
                     "rejuvenation needs bias-free convs (vgg19_nr, or model.conv_bias=false)"
                 )
             _bn_after(model.features, i, "features")
-            units.append(Unit(f"features.{i}", f"features.{i + 1}", len(units) - 1, False))
-    return UnitGraph(tuple(units), "fc", len(units) - 1)
+            source = (len(units) - 1,) if units else ()
+            units.append(Unit(f"features.{i}", f"features.{i + 1}", source, False))
+    return UnitGraph(tuple(units), "fc", (len(units) - 1,))
 
 
-def _resnet_graph(model: CifarResNet) -> UnitGraph:
+def _resnet_graph(model: CifarResNet | ImageNetResNet) -> UnitGraph:
     # The stem and every unit feeding an addition are fixed, so each block's input is all live
     # and any fixed unit of the previous block stands for it.
-    units = [Unit("stem.0", "stem.1", -1, True)]
+    units = [Unit("stem.0", "stem.1", (), True)]
     _bn_after(model.stem, 0, "stem")
     block_input = 0
     for b, block in enumerate(model.stages):
@@ -109,27 +122,68 @@ def _resnet_graph(model: CifarResNet) -> UnitGraph:
         if not isinstance(block.se, nn.Identity) or not isinstance(block.after_add, nn.Identity):
             raise UserError("rejuvenation does not support se or bn_after_add in a ResNet")
         convs = [i for i, m in enumerate(block.branch) if isinstance(m, nn.Conv2d)]
+        if any(block.branch[i].groups != 1 for i in convs):
+            raise UserError("rejuvenation does not support grouped convs (ResNeXt)")
         source = block_input
         for j, i in enumerate(convs):
             _bn_after(block.branch, i, f"{where}.branch")
             fixed = j == len(convs) - 1
-            units.append(Unit(f"{where}.branch.{i}", f"{where}.branch.{i + 1}", source, fixed))
+            units.append(Unit(f"{where}.branch.{i}", f"{where}.branch.{i + 1}", (source,), fixed))
             source = len(units) - 1
         if isinstance(block.skip, nn.Sequential):
-            units.append(Unit(f"{where}.skip.0", f"{where}.skip.1", block_input, True))
+            units.append(Unit(f"{where}.skip.0", f"{where}.skip.1", (block_input,), True))
         block_input = source
-    return UnitGraph(tuple(units), "fc", block_input)
+    return UnitGraph(tuple(units), "fc", (block_input,))
+
+
+def _densenet_graph(model: DenseNet | ImageNetDenseNet) -> UnitGraph:
+    # The features at any point are the concatenation of some units' outputs (`features`);
+    # a dense unit appends its last conv, a transition replaces them by its own conv.
+    if not isinstance(model.head[0], nn.AdaptiveAvgPool2d):
+        raise UserError(
+            "rejuvenation needs conv-BN-ReLU DenseNet units (densenet100_k40_nr, densenet121_nr, "
+            "or model.post_activation=true): a pre-activation BN does not gate its conv's outputs"
+        )
+    if isinstance(model, DenseNet):
+        stem_path, body = "stem", [(f"blocks.{i}", m) for i, m in enumerate(model.blocks)]
+    else:  # ImageNet: features = [stem, dense units and transitions]
+        stem_path = "features.0"
+        body = [(f"features.{i}", m) for i, m in enumerate(model.features) if i > 0]
+    _bn_after(model.get_submodule(stem_path), 0, stem_path)
+    units = [Unit(f"{stem_path}.0", f"{stem_path}.1", (), False)]
+    features: tuple[int, ...] = (0,)
+    concats = []
+    for path, module in body:
+        dense = isinstance(module, DenseUnit)
+        seq, where = (module.branch, f"{path}.branch") if dense else (module.body, f"{path}.body")
+        source = features
+        for i, m in enumerate(seq):
+            if isinstance(m, nn.Conv2d):
+                _bn_after(seq, i, where)
+                units.append(Unit(f"{where}.{i}", f"{where}.{i + 1}", source, False))
+                source = (len(units) - 1,)
+        if dense:
+            concats.append((path, features, source[0]))
+            features = (*features, source[0])
+        else:
+            features = source
+    # NR's CIFAR DenseNet widens by int(sqrt(all / live)), its ImageNet one by the float.
+    integer = isinstance(model, DenseNet)
+    return UnitGraph(tuple(units), "fc", features, tuple(concats), integer_rate=integer)
 
 
 def unit_graph(model: nn.Module) -> UnitGraph:
     """Return the Conv+BN units of a supported network; a UserError for any other."""
-    if isinstance(model, CifarVGG):
+    if isinstance(model, (CifarVGG, NRImageNetVGG)):
         return _vgg_graph(model)
-    if isinstance(model, CifarResNet):
+    if isinstance(model, (CifarResNet, ImageNetResNet)):
         return _resnet_graph(model)
+    if isinstance(model, (DenseNet, ImageNetDenseNet)):
+        return _densenet_graph(model)
     raise UserError(
-        f"rejuvenation supports the CIFAR VGGs (vgg19_nr) and post-activation CIFAR ResNets "
-        f"(resnet164), not {type(model).__name__}"
+        f"rejuvenation supports the CIFAR VGGs (vgg19_nr), post-activation ResNets (resnet164, "
+        f"resnet18..101), NR's ImageNet VGG (vgg16_nr) and conv-BN-ReLU DenseNets "
+        f"(densenet100_k40_nr, densenet121_nr), not {type(model).__name__}"
     )
 
 
@@ -178,7 +232,9 @@ def inspect_utilisation(
         conv = model.get_submodule(u.conv)
         scale = model.get_submodule(u.bn).weight.detach().abs().float().cpu()
         in_mask = (
-            torch.ones(conv.in_channels, dtype=torch.bool) if u.source < 0 else masks[u.source]
+            torch.cat([masks[s] for s in u.sources])
+            if u.sources
+            else torch.ones(conv.in_channels, dtype=torch.bool)
         )
         dead = not bool(in_mask.any()) or float(scale.max()) < all_dead_threshold
         if dead:
@@ -239,6 +295,8 @@ def apply_architecture(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
     nn.init.normal_(fc.weight, 0.0, NEW_FC_STD)
     nn.init.zeros_(fc.bias)
     _set_submodule(model, c["name"], fc.to(old_fc.weight.device))
+    for join in plan.get("concats", []):
+        model.get_submodule(join["module"]).live_split = tuple(join["live"])
     return model
 
 
@@ -249,17 +307,32 @@ def _survivors(mask: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return idx if len(idx) else scale.abs().argmax().reshape(1).cpu()
 
 
+def _input_survivors(
+    model: nn.Module, graph: UnitGraph, keep: list[torch.Tensor], sources: tuple[int, ...]
+) -> torch.Tensor:
+    # Index of the survivors in the old concatenation of `sources` (each offset by the widths
+    # before it); in the new one they come first, in the same order.
+    parts, offset = [], 0
+    for s in sources:
+        parts.append(keep[s] + offset)
+        offset += model.get_submodule(graph.units[s].bn).num_features
+    return torch.cat(parts)
+
+
 @torch.no_grad()
 def rejuvenate(
     model: nn.Module, report: Utilisation, mode: str = "separate"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Return (the rebuilt copy of `model`, its plan) from a utilisation report of `model`.
 
-    Expansion r = sqrt(all / live); every unit gets int(live_out * r) channels (fixed units
-    int(C * r); at least one new channel each), its inputs the width of its source.
+    Expansion r = sqrt(all / live) (DenseNet: int of it); every unit gets int(live_out * r)
+    channels (fixed units int(C * r); at least one new channel each), its inputs the widths of
+    its sources.
     """
     graph = unit_graph(model)
     rate = math.sqrt(report.all_weights / max(report.live_weights, 1.0))
+    if graph.integer_rate:
+        rate = float(int(rate))
     keep = [
         _survivors(m, model.get_submodule(u.bn).weight)
         for u, m in zip(graph.units, report.masks, strict=True)
@@ -267,19 +340,30 @@ def rejuvenate(
     widths = [max(int(len(k) * rate), len(k) + 1) for k in keep]
     units = []
     for i, u in enumerate(graph.units):
-        image = u.source < 0
-        in_width = model.get_submodule(u.conv).in_channels if image else widths[u.source]
-        live_in = 0 if image else len(keep[u.source])
+        in_width = (
+            sum(widths[s] for s in u.sources)
+            if u.sources
+            else model.get_submodule(u.conv).in_channels
+        )
+        live_in = sum(len(keep[s]) for s in u.sources)
         units.append(
             {"conv": u.conv, "bn": u.bn, "in": in_width, "out": widths[i],
              "live_in": live_in, "live_out": len(keep[i])}
         )  # fmt: skip
-    src = graph.classifier_source
+    src = graph.classifier_sources
     plan = {
         "method": "rejuvenation",
         "mode": mode,
         "units": units,
-        "classifier": {"name": graph.classifier, "in": widths[src], "live_in": len(keep[src])},
+        "classifier": {
+            "name": graph.classifier,
+            "in": sum(widths[s] for s in src),
+            "live_in": sum(len(keep[s]) for s in src),
+        },
+        "concats": [
+            {"module": path, "live": [sum(len(keep[s]) for s in xs), len(keep[y])]}
+            for path, xs, y in graph.concats
+        ],
     }
     new = apply_architecture(copy.deepcopy(model), plan)
     for i, u in enumerate(graph.units):
@@ -287,10 +371,10 @@ def rejuvenate(
         lo = len(out_idx)
         old_w = model.get_submodule(u.conv).weight
         w = new.get_submodule(u.conv).weight
-        if u.source < 0:
+        if not u.sources:
             w[:lo] = old_w[out_idx.to(old_w.device)]
         else:
-            in_idx = keep[u.source].to(old_w.device)
+            in_idx = _input_survivors(model, graph, keep, u.sources).to(old_w.device)
             li = len(in_idx)
             w[:lo, :li] = old_w[out_idx.to(old_w.device)][:, in_idx]
             w[:lo, li:] = 0  # the cross blocks start at zero
@@ -300,10 +384,50 @@ def rejuvenate(
             getattr(bn, name)[:lo] = getattr(old_bn, name)[out_idx.to(old_w.device)]
         bn.num_batches_tracked.copy_(old_bn.num_batches_tracked)
     old_fc, fc = model.get_submodule(graph.classifier), new.get_submodule(graph.classifier)
-    in_idx = keep[src].to(old_fc.weight.device)
+    in_idx = _input_survivors(model, graph, keep, src).to(old_fc.weight.device)
     fc.weight[:, : len(in_idx)] = old_fc.weight[:, in_idx]
     fc.bias.copy_(old_fc.bias)
     return new, plan
+
+
+def _in_layout(
+    values: list[torch.Tensor], live: list[int], sources: tuple[int, ...]
+) -> torch.Tensor:
+    # A conv's input channels: its sources' outputs, survivors of all sources first (a rebuilt
+    # DenseNet concatenates them so); with nothing rebuilt (live 0) simply in source order.
+    survivors = [values[s][: live[s]] for s in sources]
+    return torch.cat(survivors + [values[s][live[s] :] for s in sources])
+
+
+@torch.no_grad()
+def neural_rescale(model: nn.Module, target: float) -> None:
+    """Neural rescaling (METHODS §2 step 10): small BN scales raised to `target`, same function.
+
+    Per non-fixed unit, g = min(|gamma|, target): the shift is divided by g/target, every
+    |gamma| <= target becomes +-target, and the convs it feeds multiply those input channels
+    by g/target, which under ReLU leaves the function unchanged. As in NR's code the
+    classifier multiplies its inputs by g without dividing by target (so a non-fixed source
+    scales the logits, less the bias, by target). Channels with gamma exactly 0 are left alone.
+    """
+    graph = unit_graph(model)
+    factors: list[torch.Tensor] = []  # per unit: what its output channels were divided by
+    live: list[int] = []
+    for u in graph.units:
+        conv, bn = model.get_submodule(u.conv), model.get_submodule(u.bn)
+        live.append(conv.live_out if isinstance(conv, SplitConv2d) else 0)
+        if u.sources:
+            conv.weight.mul_(_in_layout(factors, live, u.sources).view(1, -1, 1, 1))
+        factor = torch.ones_like(bn.weight)
+        if not u.fixed:  # a fixed unit's scales are not sparsified; it keeps them
+            scale = bn.weight.abs()
+            rescaled = (scale > 0) & (scale < target)
+            factor[rescaled] = scale[rescaled] / target
+            bn.bias.div_(factor)
+            bn.weight[rescaled] = torch.sign(bn.weight[rescaled]) * target
+        factors.append(factor)
+    fc = model.get_submodule(graph.classifier)
+    quirk = [f * target if not graph.units[i].fixed else f for i, f in enumerate(factors)]
+    fc.weight.mul_(_in_layout(quirk, live, graph.classifier_sources).view(1, -1))
 
 
 def _count(model: nn.Module) -> int:
@@ -335,6 +459,8 @@ class Rejuvenation(Callback):
         # the target was not reached within train.epochs extra epochs.
         self.phase = "off" if cfg.target >= 0.999 else "training"
         self.penalised: list[torch.Tensor] = []
+        self.rescaled = False  # nr.bn_target applied to the rebuilt network
+        self.compressed_now = False  # compress_only rebuilt in this session
 
     def on_train_start(self, trainer: Trainer) -> None:
         """Check the model and the options fit, and collect the penalised BN scales."""
@@ -345,6 +471,18 @@ class Rejuvenation(Callback):
         self.penalised = [model.get_submodule(u.bn).weight for u in graph.units if not u.fixed]
         if self.phase == "off" and self.cfg.target >= 0.999:
             trainer.run.log("nr: target >= 0.999, plain training")
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """With nr.bn_target, rescale the rebuilt network once before it trains.
+
+        This is NR's `--nr-bn-target` on resuming the `compress_only` checkpoint; an
+        uninterrupted run rescales at the same point, so both train the same network.
+        """
+        target = self.cfg.bn_target
+        if self.phase == "rejuvenated" and target is not None and not self.rescaled:
+            neural_rescale(trainer.model, target)
+            self.rescaled = True
+            trainer.run.log(f"nr: neural rescaling, BN scales below {target} raised to it")
 
     def on_before_step(self, trainer: Trainer) -> None:
         """Add lambda * sign(gamma) to the gradient of every non-fixed BN scale."""
@@ -405,22 +543,31 @@ class Rejuvenation(Callback):
             f"fresh optimizer at lr {trainer.cfg.optim.lr}, the LR schedule starts now"
         )
         if self.cfg.compress_only:
+            self.compressed_now = True
             trainer.stop_requested = True
             trainer.run.log("nr: compress_only, stopping after this epoch's checkpoint")
 
     def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         """Under compress_only, keep the rebuilt checkpoint as NR_<model>_<target>.pt."""
-        if self.cfg.compress_only and self.phase == "rejuvenated" and trainer.run.writer:
+        # Only the session that rebuilt: resuming afterwards must not overwrite the file; and
+        # under torchrun only the rank that writes the run folder.
+        if self.compressed_now and trainer.run.writer:
             name = f"NR_{trainer.cfg.model.name}_{self.cfg.target}.pt"
             copy_file_atomic(trainer.run.last, trainer.run.path / name)
             trainer.run.log(f"nr: saved {name}")
 
     def state_dict(self) -> dict[str, Any]:
-        """Return lambda, the phase and the previous utilisation."""
-        return {"sparsity": self.sparsity, "phase": self.phase, "previous": self.previous}
+        """Return lambda, the phase, the previous utilisation and whether it rescaled."""
+        return {
+            "sparsity": self.sparsity,
+            "phase": self.phase,
+            "previous": self.previous,
+            "rescaled": self.rescaled,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` saved."""
         self.sparsity = state["sparsity"]
         self.phase = state["phase"]
         self.previous = state["previous"]
+        self.rescaled = state.get("rescaled", False)  # absent in checkpoints before bn_target

@@ -70,10 +70,18 @@ class DenseUnit(nn.Module):
                 in_ch, growth, bottleneck, norm, post_activation, erase_last_relu, dropout
             )
         )
+        # Set by Neural Rejuvenation (METHODS §2 step 9): (survivors in x, survivors in branch(x)).
+        # Survivors and newcomers are concatenated separately, so every feature map stays
+        # [all survivors, all newcomers], the layout the split convs expect.
+        self.live_split: tuple[int, int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return [x, branch(x)] along the channel axis."""
-        return torch.cat([x, self.branch(x)], dim=1)
+        """Return [x, branch(x)] along the channel axis (survivors first after rejuvenation)."""
+        y = self.branch(x)
+        if self.live_split is None:
+            return torch.cat([x, y], dim=1)
+        lx, ly = self.live_split
+        return torch.cat([x[:, :lx], y[:, :ly], x[:, lx:], y[:, ly:]], dim=1)
 
 
 class Transition(nn.Module):

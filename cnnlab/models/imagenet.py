@@ -185,8 +185,64 @@ class ImageNetVGG(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+# NR models/imagenet/vgg.py: a 7x7 stride-2 conv, one more conv of the first width, a 3x3
+# stride-2 max-pool ("IM"), then 128 x2, 256 x4, 512 x4, 512 x4 with 2x2 max-pools between:
+# 16 convs, which the NR README calls VGG-16. No FC layers: a classifier on pooled features.
+# Entries are multiples of base_width.
+NR_VGG16_LAYOUT = (1, "IM", 2, 2, "M", 4, 4, 4, 4, "M", 8, 8, 8, 8, "M", 8, 8, 8, 8)
+
+
+class NRImageNetVGG(nn.Module):
+    """Neural Rejuvenation's ImageNet "VGG-16": bias-free conv-BN-ReLU, global pool, one FC.
+
+    Widths are multiples of `base_width` (64 in NR): 64, 64, 128, 128, 256 x4, 512 x8. BN
+    scales start at 0.5, the classifier is N(0, 0.01^2) (METHODS §2).
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000, base_width: int = 64) -> None:
+        super().__init__()
+        if base_width < 1:
+            raise ValueError(f"base_width must be positive, got {base_width}")
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, base_width, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(base_width),
+            nn.ReLU(inplace=True),
+        ]
+        ch = base_width
+        for item in NR_VGG16_LAYOUT:
+            if item == "IM":
+                layers.append(nn.MaxPool2d(3, stride=2, padding=1))
+            elif item == "M":
+                layers.append(nn.MaxPool2d(2, stride=2))
+            else:
+                width = base_width * item
+                layers += [
+                    nn.Conv2d(ch, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                ]
+                ch = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(ch, num_classes)
+        init_weights(self, "fan_out")
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 0.5)
+        nn.init.normal_(self.fc.weight, 0.0, 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits for a batch of images."""
+        return self.fc(self.head(self.features(x)))
+
+
 class ImageNetDenseNet(nn.Module):
-    """DenseNet-BC for ImageNet: 7x7 stem, the CIFAR family's bottleneck units and transitions."""
+    """DenseNet-BC for ImageNet: 7x7 stem, the CIFAR family's bottleneck units and transitions.
+
+    `post_activation=True` is Neural Rejuvenation's DenseNet (METHODS §2, NR
+    models/imagenet/densenet.py): conv-BN-ReLU units and transitions, no norm before the
+    classifier, He fan-out convs and a classifier drawn from N(0, 0.01^2).
+    """
 
     def __init__(
         self,
@@ -199,6 +255,7 @@ class ImageNetDenseNet(nn.Module):
         norm: str = "bn",
         erase_relu: bool = False,
         erase_relu_ratio: float = 1.0,
+        post_activation: bool = False,
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -218,7 +275,7 @@ class ImageNetDenseNet(nn.Module):
                         growth_rate,
                         bottleneck=True,
                         norm=norm,
-                        post_activation=False,
+                        post_activation=post_activation,
                         erase_last_relu=i in erased,
                         dropout=0.0,
                     )
@@ -226,17 +283,20 @@ class ImageNetDenseNet(nn.Module):
                 ch += growth_rate
             if b < len(block_config) - 1:
                 out = int(ch * compression)
-                layers.append(Transition(ch, out, norm, post_activation=False))
+                layers.append(Transition(ch, out, norm, post_activation=post_activation))
                 ch = out
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(
-            norm2d(norm, ch), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()
-        )
+        # Post-activation units already end in norm-ReLU, so NR's classifier follows directly.
+        pre_head = [] if post_activation else [norm2d(norm, ch), nn.ReLU(inplace=True)]
+        self.head = nn.Sequential(*pre_head, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(ch, num_classes)
         # torchvision's DenseNet: kaiming_normal_ with its default fan_in mode, default
-        # nn.Linear weights with a zero bias.
-        init_weights(self, "fan_in")
-        self.fc.reset_parameters()
+        # nn.Linear weights with a zero bias. NR's: fan_out, classifier N(0, 0.01^2).
+        init_weights(self, "fan_out" if post_activation else "fan_in")
+        if post_activation:
+            nn.init.normal_(self.fc.weight, 0.0, 0.01)
+        else:
+            self.fc.reset_parameters()
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,4 +346,18 @@ register_variant(
     block_config=(6, 12, 24, 16),
     growth_rate=32,
     init_features=64,
+)
+register_variant(
+    "densenet121_nr",
+    ImageNetDenseNet,
+    "Neural Rejuvenation ImageNet DenseNet-121 (k=32), conv-BN-ReLU units",
+    block_config=(6, 12, 24, 16),
+    growth_rate=32,
+    init_features=64,
+    post_activation=True,
+)
+register_variant(
+    "vgg16_nr",
+    NRImageNetVGG,
+    "Neural Rejuvenation ImageNet VGG-16: 16 bias-free conv-BN-ReLU, global pool, one FC",
 )
