@@ -54,6 +54,25 @@ def _kaiming(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _stages(
+    block: type[nn.Module], base_width: int, counts: Sequence[int]
+) -> tuple[nn.Sequential, int]:
+    """Stack counts[s] blocks per stage (widths double, later stages stride first); return width."""
+    layers: list[nn.Module] = []
+    ch = base_width
+    for stage, count in enumerate(counts):
+        planes = base_width * 2**stage
+        for i in range(count):
+            layers.append(block(ch, planes, 2 if stage and not i else 1))
+            ch = planes
+    return nn.Sequential(*layers), ch
+
+
+def _head(channels: int) -> nn.Sequential:
+    """ReCU's ResNet head before the classifier: global average pool, flatten, BatchNorm1d."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(channels))
+
+
 class _DoubleShortcutBlock(nn.Module):
     """ReCU ResNet-20 block (Bi-Real style, a shortcut around each binary conv):
     h = HT(BN(bconv1(x)) + sc(x)); out = HT(BN(bconv2(h)) + h)."""
@@ -93,15 +112,8 @@ class ReCUResNet20(nn.Module):
             nn.BatchNorm2d(base_width),
             nn.Hardtanh(),
         )
-        blocks: list[nn.Module] = []
-        ch = base_width
-        for stage in range(3):
-            planes = base_width * 2**stage
-            for i in range(n):
-                blocks.append(_DoubleShortcutBlock(ch, planes, 2 if stage and not i else 1))
-                ch = planes
-        self.stages = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(ch))
+        self.stages, ch = _stages(_DoubleShortcutBlock, base_width, (n, n, n))
+        self.head = _head(ch)
         self.fc = nn.Linear(ch, num_classes)
         _kaiming(self)
 
@@ -148,15 +160,8 @@ class ReCUResNet18(nn.Module):
             nn.Conv2d(in_channels, base_width, 3, padding=1, bias=False),
             nn.BatchNorm2d(base_width),
         )
-        layers: list[nn.Module] = []
-        ch = base_width
-        for stage, count in enumerate(blocks):
-            planes = base_width * 2**stage
-            for i in range(count):
-                layers.append(_SingleShortcutBlock(ch, planes, 2 if stage and not i else 1))
-                ch = planes
-        self.stages = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(ch))
+        self.stages, ch = _stages(_SingleShortcutBlock, base_width, blocks)
+        self.head = _head(ch)
         self.fc = nn.Linear(ch, num_classes)
         _kaiming(self)
 
