@@ -49,6 +49,10 @@ def test_the_table_has_one_row_per_grid_point_with_the_run_folders_statistics(sw
             "best checkpoint chosen on none — last epoch"
         )
         assert f"optim.lr={lr} --seed-list 0,1" in row["command"]
+        # The last epoch's dead-unit probes, as a median percentage over the seeds.
+        dead = [100 * read_metrics(sweep / f"optim.lr={lr}/seed{s}")[-1]["probe_dead_bn"]
+                for s in (0, 1)]  # fmt: skip
+        assert float(row["probe_dead_bn_median"]) == pytest.approx(statistics.median(dead))
 
     capsys.readouterr()
     assert cli("report", str(sweep)) == 0
@@ -60,6 +64,7 @@ def test_the_table_has_one_row_per_grid_point_with_the_run_folders_statistics(sw
         and [read_metrics(sweep / f"optim.lr=0.1/seed{s}")[-1]["test_error"] for s in (0, 1)]
     )
     assert f"| optim.lr=0.1 | 2 | {median:.2f} |" in out
+    assert "dead_relu % (median)" in out and "dead_bn % (median)" in out
 
 
 def test_damaged_and_unfinished_run_folders_are_listed_not_crashed_on(sweep, tmp_path, capsys):

@@ -148,6 +148,17 @@ def recipe_changes(group: Group) -> list[str]:
     return sorted(changed - _NEUTRAL)
 
 
+def final_probe_medians(group: Group) -> dict[str, float]:
+    """Return {'probe_<name>_median': percent} over the runs' last-epoch dead-unit probes."""
+    readings: dict[str, list[float]] = {}
+    for run in group.runs:
+        last = run.history[-1] if run.history else {}
+        for key, value in last.items():
+            if key.startswith("probe_") and key != "probe_seconds" and isinstance(value, float):
+                readings.setdefault(key, []).append(100.0 * value)
+    return {f"{key}_median": statistics.median(v) for key, v in sorted(readings.items())}
+
+
 def summarize(group: Group) -> dict[str, Any]:
     """Return one table row: statistics of the final test error over the group's runs."""
     finals = [r.summary["final"] for r in group.runs]
@@ -177,6 +188,7 @@ def summarize(group: Group) -> dict[str, Any]:
     return {
         "config": group.label,
         "n": n,
+        **final_probe_medians(group),
         "seeds": ",".join(str(s) for s in sorted(seeds, key=_natural)),
         **{f"test_error_{k}": v for k, v in errors.items()},
         **{f"test_top5_error_{k}": v for k, v in top5.items()},
@@ -246,6 +258,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     head += ["test err at best-val epoch"] if with_val else []
     head += ["reference", "median − ref", "source"] if with_ref else []
     head += ["not finished"] if with_notes else []
+    probes = sorted({k for r in rows for k in r if k.startswith("probe_")})
+    head += [f"{k.removeprefix('probe_').removesuffix('_median')} % (median)" for k in probes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
@@ -276,6 +290,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             cells += [ref, delta, source or "–"]
         if with_notes:
             cells.append(str(r["not_finished"] or ""))
+        cells += [_num(r.get(k)) for k in probes]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -283,7 +298,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def csv_table(rows: list[dict[str, Any]]) -> str:
     """Return the rows as CSV with every field at full precision (one protocol column per row)."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["config"])
+    # Rows differ in their probe columns; the header is the union, in first-seen order.
+    fields = list(dict.fromkeys(k for r in rows for k in r)) or ["config"]
+    writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
