@@ -73,9 +73,8 @@ def _head(channels: int) -> nn.Sequential:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(channels))
 
 
-class _DoubleShortcutBlock(nn.Module):
-    """ReCU ResNet-20 block (Bi-Real style, a shortcut around each binary conv):
-    h = HT(BN(bconv1(x)) + sc(x)); out = HT(BN(bconv2(h)) + h)."""
+class _BinaryBlock(nn.Module):
+    """The layers both ReCU ResNet blocks share; the subclasses wire them differently."""
 
     def __init__(self, in_ch: int, planes: int, stride: int) -> None:
         super().__init__()
@@ -86,6 +85,11 @@ class _DoubleShortcutBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.act2 = nn.Hardtanh()
         self.shortcut = _shortcut(in_ch, planes, stride)
+
+
+class _DoubleShortcutBlock(_BinaryBlock):
+    """ReCU ResNet-20 block (Bi-Real style, a shortcut around each binary conv):
+    h = HT(BN(bconv1(x)) + sc(x)); out = HT(BN(bconv2(h)) + h)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Two binary convs, each with its own shortcut."""
@@ -122,18 +126,8 @@ class ReCUResNet20(nn.Module):
         return self.fc(self.head(self.stages(self.stem(x))))
 
 
-class _SingleShortcutBlock(nn.Module):
+class _SingleShortcutBlock(_BinaryBlock):
     """ReCU ResNet-18 block: HT(BN(bconv2(HT(BN(bconv1(x))))) + sc(x))."""
-
-    def __init__(self, in_ch: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = BinaryConv2d(in_ch, planes, stride=stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.act1 = nn.Hardtanh()
-        self.conv2 = BinaryConv2d(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.act2 = nn.Hardtanh()
-        self.shortcut = _shortcut(in_ch, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Two binary convs, one shortcut around both."""
