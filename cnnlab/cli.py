@@ -26,7 +26,17 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--data", help="dataset name or 'folder' (default: the one it was trained on)")
     p.add_argument("--data-root", help="folder holding the dataset files (or the image folder)")
-    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "train", "val"],
+        help="'val': the run's held-out validation split (data.val_size)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        help="test-time augmentation (default: the run's eval.tta)",
+    )
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:

@@ -69,12 +69,12 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
 
 def eval(args: argparse.Namespace, console: Console) -> int:  # noqa: A001 - the sub-command's name
-    """`cnnlab eval CHECKPOINT`: evaluate a saved model on a dataset's test split."""
+    """`cnnlab eval CHECKPOINT`: evaluate a saved model on a dataset split (test by default)."""
     from cnnlab.engine.evaluate_checkpoint import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.data_root, args.split)
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.data_root, args.split, args.tta)
     console.print(
-        f"{metrics['dataset']} {args.split} ({metrics['images']} images): "
+        f"{metrics['dataset']} {args.split} ({metrics['images']} images, tta {metrics['tta']}): "
         f"loss {metrics['loss']:.4f}  top-1 error {metrics['error']:.2f}%  "
         f"top-5 error {metrics['top5_error']:.2f}%"
     )

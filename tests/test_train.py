@@ -77,3 +77,19 @@ def test_best_checkpoint_is_chosen_on_the_validation_split(tmp_path):
     assert best["best"]["chosen_by"] == "val"
     summary = json.loads((run / "summary.json").read_text())
     assert "validation" in summary["protocol"]
+
+    # `cnnlab eval --split val` judges a saved model on the same held-out images the run used.
+    val = evaluate_checkpoint(run / "last.pt", None, None, split="val")
+    assert val["images"] == 300 and abs(val["error"] - rows[-1]["val_error"]) < 1e-6
+    flipped = evaluate_checkpoint(run / "last.pt", None, None, split="val", tta="flip")
+    assert flipped["tta"] == "flip" and flipped["loss"] != val["loss"]
+    rest = evaluate_checkpoint(run / "last.pt", None, None, split="train")
+    assert rest["images"] == 60000 - 300
+
+
+def test_eval_on_val_without_a_validation_split_is_a_clear_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli("train", "--out", str(run), *SMALL) == 0
+    capsys.readouterr()
+    assert cli("eval", str(run / "last.pt"), "--split", "val") == 2
+    assert "data.val_size" in capsys.readouterr().err

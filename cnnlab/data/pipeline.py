@@ -266,10 +266,18 @@ def build_data(
 def eval_loader(
     cfg: Config, split: str, device: torch.device, name: str | None = None, root: str | None = None
 ) -> tuple[Loader, DatasetInfo]:
-    """Return an evaluation loader over split 'test' or 'train' of the run's dataset (or of
-    dataset `name` in `root`), normalised as the run was; what `cnnlab eval` reads."""
+    """Return an evaluation loader over split 'test', 'train' or 'val' of the run's dataset (or
+    of dataset `name` in `root`), normalised as the run was; what `cnnlab eval` reads.
+
+    'val' is the run's own held-out validation split (data.val_size, data.split_seed) and
+    'train' what remains of the training set beside it, so a model can be judged without
+    touching the test set."""
     d = cfg.data
     name = name or d.name
+    if split == "val" and (name != d.name or not d.val_size):
+        raise UserError(
+            "--split val needs the run's own dataset and a run trained with data.val_size > 0"
+        )
     if name == "folder":
         fields = d.model_dump() if d.name == "folder" else {"name": "folder"}
         fields["root"] = root or fields.get("root")
@@ -278,13 +286,20 @@ def eval_loader(
         d = DataConfig(**fields)
         splits = load_folder_splits(d)
         samples = splits.test if split == "test" else splits.train
+        if split != "test" and d.val_size:
+            keep, held = _held_out(len(samples), d.val_size, d.split_seed)
+            samples = samples.subset(held if split == "val" else keep)
         info = folder_info(d, splits.classes)
         loader = FolderLoader(
             samples, folder_view(d, False), info.mean, info.std, cfg.train.eval_batch_size,
             device, train=False, workers=d.workers, bad_images=d.bad_images,
         )  # fmt: skip
         return loader, info
-    data = load_split(name, split, root or (d.root if name == d.name else None))
+    data = load_split(name, "test" if split == "test" else "train",
+                      root or (d.root if name == d.name else None))  # fmt: skip
+    if split != "test" and name == d.name and d.val_size:
+        kept, held = split_validation(data, d.val_size, d.split_seed)
+        data = held if split == "val" else kept
     info = _normalisation(d, data.info) if name == d.name else dataset_info(name)
     loader = InMemoryLoader(
         data.images, data.labels, info.mean, info.std, cfg.train.eval_batch_size, device,

@@ -19,9 +19,10 @@ from cnnlab.registry import build_model
 
 
 def evaluate_checkpoint(
-    path: Path, dataset: str | None, root: str | None, split: str = "test"
+    path: Path, dataset: str | None, root: str | None, split: str = "test", tta: str | None = None
 ) -> dict[str, Any]:
-    """Return loss, top-1/top-5 error (percent) of the checkpoint's model on `split`."""
+    """Return loss, top-1/top-5 error (percent) of the checkpoint's model on `split`, with
+    test-time augmentation `tta` ('none' or 'flip'; None: the run's own eval.tta)."""
     state = load_checkpoint(path)
     if "config" not in state or "model" not in state:
         raise UserError(f"{path} is not a cnnlab checkpoint (no config or model state)")
@@ -47,5 +48,5 @@ def evaluate_checkpoint(
     numerics = Numerics(**{k: v for k, v in state.get("numerics", {}).items() if k != "measured"})
     model.to(device=device, memory_format=numerics.memory_format)
     with torch.no_grad():
-        metrics = evaluate(model, loader, numerics, device, cfg.eval.tta)
-    return {**metrics, "dataset": name, "images": loader.num_images}
+        metrics = evaluate(model, loader, numerics, device, tta or cfg.eval.tta)
+    return {**metrics, "dataset": name, "images": loader.num_images, "tta": tta or cfg.eval.tta}
