@@ -108,6 +108,7 @@ SHRINK = {
     "ReCUResNet18": lambda kw: {"base_width": 4, "blocks": (1, 1, 1, 1)},
     "ReCUVGGSmall": lambda kw: {"width": 4},
     "NRImageNetVGG": lambda kw: {"base_width": 4},
+    "SpeedNet": lambda kw: {"widths": (4, 8, 8, 16)},
 }
 IMAGENET_FAMILIES = ("ImageNetResNet", "ImageNetDenseNet", "ImageNetVGG", "NRImageNetVGG")
 
