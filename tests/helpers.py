@@ -23,6 +23,7 @@ SMALL = [
     "data.train_limit=768",
     "data.test_limit=400",
     "train.epochs=2",
+    "train.eval_every=1",  # the default recipe tests once at the end; these runs test per epoch
     "train.batch_size=64",
     "train.eval_batch_size=200",
     "train.precision=fp32",

@@ -111,7 +111,7 @@ def test_bad_schedule_keys_are_named(overrides, message):
 
 
 def test_steps_per_epoch_without_reading_the_images():
-    assert steps_per_epoch(load_config()) == 60000 // 128
+    assert steps_per_epoch(load_config()) == 60000 // 256
     cfg = load_config(None, ["data.name=cifar10", "data.val_size=5000", "train.batch_size=100"])
     assert train_images(cfg) == 45000 and steps_per_epoch(cfg) == 450
     cfg = load_config(None, ["data.train_limit=1000", "train.batch_size=64"])

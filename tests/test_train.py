@@ -81,8 +81,9 @@ def test_best_checkpoint_is_chosen_on_the_validation_split(tmp_path):
     # `cnnlab eval --split val` judges a saved model on the same held-out images the run used.
     val = evaluate_checkpoint(run / "last.pt", None, None, split="val")
     assert val["images"] == 300 and abs(val["error"] - rows[-1]["val_error"]) < 1e-6
-    flipped = evaluate_checkpoint(run / "last.pt", None, None, split="val", tta="flip")
-    assert flipped["tta"] == "flip" and flipped["loss"] != val["loss"]
+    assert val["tta"] == "flip"  # the run's own eval.tta (the default recipe's)
+    plain = evaluate_checkpoint(run / "last.pt", None, None, split="val", tta="none")
+    assert plain["tta"] == "none" and plain["loss"] != val["loss"]
     rest = evaluate_checkpoint(run / "last.pt", None, None, split="train")
     assert rest["images"] == 60000 - 300
 
