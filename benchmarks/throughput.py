@@ -70,30 +70,40 @@ def write_random_cifar10(root: Path, seed: int = 0) -> None:
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
 
 
+class Stepper:
+    """The model, SGD and one training step, set up the same way for (a) and (c)."""
+
+    def __init__(self, case: Case, numerics: Numerics) -> None:
+        torch.manual_seed(0)
+        self.device = resolve_device("auto")
+        self.numerics = numerics
+        self.model = build_model(case.model, in_channels=case.shape[0])
+        self.model.to(device=self.device, memory_format=numerics.memory_format)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward, backward and SGD update on one batch; return the loss (not synchronised)."""
+        with self.numerics.autocast(self.device):
+            logits = self.model(self.numerics.layout(x)).float()
+            loss = torch.nn.functional.cross_entropy(logits, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+
 def floor(case: Case, numerics: Numerics, seconds: float) -> float:
     """Images/s of the bare training step on one resident batch."""
-    torch.manual_seed(0)
-    device = resolve_device("auto")
-    channels = case.shape[0]
-    model = build_model(case.model, in_channels=channels)
-    model.to(device=device, memory_format=numerics.memory_format)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    stepper = Stepper(case, numerics)
+    device = stepper.device
     x = numerics.layout(torch.randn(BATCH, *case.shape, device=device))
     y = torch.randint(0, 10, (BATCH,), device=device)
-
-    def step() -> None:
-        with numerics.autocast(device):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     for _ in range(3):
-        step()
+        stepper.step(x, y)
     _sync(device)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or steps < 5:
-        step()
+        stepper.step(x, y)
         steps += 1
     _sync(device)
     return steps * BATCH / (time.perf_counter() - start)
@@ -155,21 +165,12 @@ def conventional(case: Case, numerics: Numerics, images: int) -> float:
     data = load_split(case.data, "train", case.root)
     dataset = PerImage(data.images[:images], data.labels[:images], case.data)
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=2, drop_last=True)
-    torch.manual_seed(0)
-    device = resolve_device("auto")
-    model = build_model(case.model, in_channels=case.shape[0])
-    model.to(device=device, memory_format=numerics.memory_format)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    stepper = Stepper(case, numerics)
     seen, start = 0, time.perf_counter()
     for i, (x, y) in enumerate(loader):
         if i == 5:
             seen, start = 0, time.perf_counter()
-        x, y = x.to(device), y.to(device)
-        with numerics.autocast(device):
-            loss = torch.nn.functional.cross_entropy(model(numerics.layout(x)).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = stepper.step(x.to(stepper.device), y.to(stepper.device))
         loss.item()  # what a typical script logs every step
         seen += len(y)
     return seen / (time.perf_counter() - start)

@@ -47,6 +47,7 @@ def evaluate_checkpoint(
         ) from None
     numerics = Numerics(**{k: v for k, v in state.get("numerics", {}).items() if k != "measured"})
     model.to(device=device, memory_format=numerics.memory_format)
+    tta = tta or cfg.eval.tta
     with torch.no_grad():
-        metrics = evaluate(model, loader, numerics, device, tta or cfg.eval.tta)
-    return {**metrics, "dataset": name, "images": loader.num_images, "tta": tta or cfg.eval.tta}
+        metrics = evaluate(model, loader, numerics, device, tta)
+    return {**metrics, "dataset": name, "images": loader.num_images, "tta": tta}
