@@ -35,8 +35,9 @@ from cnnlab.data.download import PICKLE_LAYOUT
 from cnnlab.data.sources import dataset_info, load_split
 from cnnlab.engine.numerics import Numerics
 from cnnlab.engine.run_folder import RunFolder
-from cnnlab.engine.trainer import Trainer, resolve_device
+from cnnlab.engine.trainer import resolve_device
 from cnnlab.registry import build_model
+from cnnlab.run.training import build_trainer
 
 BATCH = 128
 
@@ -130,8 +131,7 @@ def cnnlab_loop(case: Case, numerics: Numerics, images: int) -> tuple[float, flo
         overrides.append(f"data.root={case.root}")
     cfg = load_config(None, overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, RunFolder.create(Path(tmp) / "run"))
-        trainer.start_fresh()
+        trainer = build_trainer(cfg, RunFolder.create(Path(tmp) / "run"))
         trainer.fit()
         row = trainer.history[-1]
         return row["images_per_s"], row["test_images_per_s"]

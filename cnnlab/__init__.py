@@ -1,6 +1,42 @@
-"""cnnlab: train, compare and revive convolutional image classifiers."""
+"""cnnlab: train, compare and revive convolutional image classifiers.
 
-from cnnlab.registry import build_model, list_models
+The names below load lazily, so that `import cnnlab` stays cheap for tools that need only a
+part of it (the sweep planner imports no torch).
+"""
 
-__all__ = ["build_model", "list_models"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Trainer": "cnnlab.engine.trainer",
+    "Callback": "cnnlab.engine.callbacks",
+    "train": "cnnlab.run.training",
+    "Config": "cnnlab.config",
+    "load_config": "cnnlab.config",
+    "UserError": "cnnlab.errors",
+    "build_model": "cnnlab.registry",
+    "list_models": "cnnlab.registry",
+    "register_model": "cnnlab.registry",
+    "register_method": "cnnlab.registry",
+    "register_probe": "cnnlab.registry",
+    "register_dataset": "cnnlab.datasets",
+    "Probe": "cnnlab.methods.probe",
+    "ProbeResult": "cnnlab.methods.probe",
+    "Section": "cnnlab.config",
+}
+_MODULES = {"datasets": "cnnlab.datasets"}
+
+__all__ = sorted([*_EXPORTS, *_MODULES])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cnnlab' has no attribute '{name}'")

@@ -13,8 +13,15 @@ from rich.console import Console
 from cnnlab.errors import UserError
 
 
+def _add_imports(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first, so that the models, datasets and methods it "
+                   "registers can be named (repeatable)")  # fmt: skip
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a recipe (default: recipes/default.yaml)")
+    _add_imports(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     p.add_argument("--config", type=Path, help="recipe or run config YAML")
     p.add_argument("--out", type=Path, help="run folder (default runs/<recipe>-<timestamp>)")
@@ -23,6 +30,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="test loss, top-1 and top-5 error of a saved model")
+    _add_imports(p)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--data", help="dataset name or 'folder' (default: the one it was trained on)")
     p.add_argument("--data-root", help="folder holding the dataset files (or the image folder)")
@@ -41,6 +49,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list registered models with parameter counts")
+    _add_imports(p)
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'wrn*'")
     p.add_argument("--flops", action="store_true", help="also count forward FLOPs per image")
     p.add_argument("--input", default="3x32x32", help="CxHxW input for counting (default 3x32x32)")
@@ -73,6 +82,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run seeds x grid of a recipe, one resumable run folder each")
+    _add_imports(p)
     p.add_argument("recipe", type=Path, help="recipe YAML (or a run's config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
     seeds = p.add_mutually_exclusive_group()
@@ -96,6 +106,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 def _add_schedule(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("schedule", help="draw a recipe's learning-rate curve (no training)")
+    _add_imports(p)
     p.add_argument("recipe", type=Path, help="recipe YAML (or a run's config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     p.add_argument("--out", type=Path, default=Path("lr.png"), help="PNG to write (lr.png)")
@@ -131,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(highlight=False, soft_wrap=True)
     try:
         from cnnlab import commands
+        from cnnlab.registry import import_plugins
 
+        import_plugins(getattr(args, "imports", []))
         return getattr(commands, args.command)(args, console)
     except UserError as exc:
         if args.debug:

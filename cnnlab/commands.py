@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -26,7 +28,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from cnnlab.engine import distributed
     from cnnlab.engine.progress import ConsoleReporter
     from cnnlab.engine.run_folder import RunFolder, default_run_dir
-    from cnnlab.engine.trainer import train_new, train_resume
+    from cnnlab.run.training import train_new, train_resume
 
     if args.resume is not None:
         if args.config or args.overrides or args.out:
@@ -70,7 +72,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
 def eval(args: argparse.Namespace, console: Console) -> int:  # noqa: A001 - the sub-command's name
     """`cnnlab eval CHECKPOINT`: evaluate a saved model on a dataset split (test by default)."""
-    from cnnlab.engine.evaluate_checkpoint import evaluate_checkpoint
+    from cnnlab.run.evaluate_checkpoint import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.data_root, args.split, args.tta)
     console.print(
@@ -250,12 +252,24 @@ def report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _probe_history(target: Path) -> tuple[list[dict[str, Any]], Path]:
+    # The metrics rows of a run folder or of a checkpoint, and the folder they belong to.
+    from cnnlab.engine.checkpoint import load_checkpoint
+    from cnnlab.engine.run_folder import read_metrics
+
+    target = Path(target)
+    if target.is_dir():
+        if not (target / "metrics.jsonl").is_file():
+            raise UserError(f"{target} is not a run folder (it has no metrics.jsonl)")
+        return read_metrics(target / "metrics.jsonl"), target
+    return list(load_checkpoint(target).get("history", [])), target.parent
+
+
 def probe(args: argparse.Namespace, console: Console) -> int:
     """`cnnlab probe RUN_OR_CHECKPOINT`: dead-unit fractions per layer, and their heat maps."""
     from cnnlab.analysis.probe_maps import plot_probe_map, probe_maps
-    from cnnlab.engine.probes import probe_history
 
-    history, folder = probe_history(args.target)
+    history, folder = _probe_history(args.target)
     maps = probe_maps(history)
     if not maps:
         raise UserError(f"{args.target} has no probe readings (trained with probes.enabled=false?)")

@@ -12,13 +12,24 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from cnnlab.errors import UserError, closest
+from cnnlab.registry import DATASETS, METHODS, import_plugins
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+def _recipes_dir() -> Path:
+    # Installed, the recipes are package data (cnnlab/recipes); in a source checkout they are
+    # the top-level recipes/ folder that pyproject.toml maps there.
+    here = Path(__file__).resolve().parent
+    packaged = here / "recipes"
+    return packaged if (packaged / "default.yaml").is_file() else here.parent / "recipes"
+
+
+RECIPES_DIR = _recipes_dir()
 DEFAULT_RECIPE = RECIPES_DIR / "default.yaml"
 
 
@@ -45,7 +56,7 @@ class DataConfig(_Section):
     keys after `split_seed` apply to image folders only, except `mean`/`std`.
     """
 
-    name: Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "folder"] = "fashion_mnist"
+    name: str = "fashion_mnist"  # a registered dataset (cnnlab.datasets.names()) or folder
     root: str | None = None
     download: bool = True
     train_limit: int | None = Field(None, ge=1)
@@ -60,7 +71,8 @@ class DataConfig(_Section):
     train_dir: str = "train"
     test_dir: str = "val"
     test_fraction: float | None = Field(None, gt=0, lt=1)
-    image_size: int | None = Field(None, ge=8)  # null = 224
+    # auto: the images' common size when they all share one, else 224 (said in log.txt).
+    image_size: Annotated[int, Field(ge=8)] | Literal["auto"] = "auto"
     eval_resize: int | None = Field(None, ge=8)  # null = round(image_size / 0.875)
     train_crop: Literal["random_resized", "resize"] = "random_resized"
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -75,6 +87,16 @@ class DataConfig(_Section):
         low, high = value
         if not 0 < low <= high <= 1:
             raise ValueError(f"needs 0 < low <= high <= 1, got [{low}, {high}]")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in DATASETS:
+            raise ValueError(
+                f"unknown dataset '{value}'{closest(value, DATASETS.names())}; "
+                f"known: {', '.join(DATASETS.names())}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -112,21 +134,8 @@ class TrainConfig(_Section):
     channels_last: Literal["auto", True, False] = "auto"
     device: str = "auto"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    # None keeps each BatchNorm's own momentum; "dynamic" is 1/(1+n), reset every epoch.
-    bn_momentum: float | Literal["dynamic"] | None = None
-    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     # Under torchrun: BatchNorm statistics over the global batch (GPUs only).
     sync_bn: bool = False
-
-    @field_validator("bn_momentum", mode="before")
-    @classmethod
-    def _bn_momentum_policy(cls, value: Any) -> Any:
-        # Checked here so a bad value gets one clear message instead of one per union member.
-        if value is None or value == "dynamic":
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-            raise ValueError("use a momentum in (0, 1] or 'dynamic'")
-        return float(value)
 
 
 # The optimizer-specific keys each optimizer takes, with its default for each. A key left out
@@ -255,59 +264,22 @@ class ReferenceConfig(_Section):
     row: str
 
 
-class MethodConfig(_Section):
-    """Which training method wraps the loop (its own keys live in their own section)."""
-
-    name: Literal["none", "rejuvenation"] = "none"
-
-
-class NRConfig(_Section):
-    """Neural Rejuvenation (METHODS §2); read only when method.name=rejuvenation."""
-
-    # lambda of the L1 subgradient on BN scales; the start value under the adaptive schedule.
-    sparsity: float = Field(1e-4, ge=0)
-    sparsity_schedule: Literal["constant", "adaptive"] = "constant"
-    increase_threshold: float = Field(0.01, ge=0)  # adaptive: raise lambda when util fell less
-    increase_step: float = Field(5e-5, ge=0)
-    target: float = Field(0.25, gt=0, le=1)  # >= 0.999 turns NR off
-    live_threshold: float = Field(0.01, gt=0, lt=1)
-    all_dead_threshold: float = Field(1e-3, ge=0)
-    mode: Literal["separate", "cross_attention"] = "separate"
-    flops: bool = False
-    compress_only: bool = False
-    # Neural rescaling (METHODS §2 step 10) once, before the first epoch after the rebuild.
-    bn_target: float | None = Field(None, gt=0)
-
-
-class ProbesConfig(_Section):
-    """Per-epoch dead-unit probes (cnnlab.engine.probes); cheap, so on by default."""
-
-    enabled: bool = True
-    batch_size: int = Field(256, ge=1)  # training images in the fixed probe batch
-    bn_threshold: float = Field(0.01, gt=0, lt=1)  # dead when |gamma| < this * layer max
-    nr_live_threshold: float = Field(0.01, gt=0, lt=1)  # NR utilisation: live channel rule
-
-
-class BinaryConfig(_Section):
-    """ReCU training of binary (`*_1w1a`) models: the tau schedule, or plain sign-STE."""
-
-    recu: bool = True  # false: no clamp, the plain sign straight-through baseline
-    tau_min: float = Field(0.85, gt=0.5, lt=1)
-    tau_max: float = Field(0.99, gt=0.5, lt=1)
-
-    @model_validator(mode="after")
-    def _tau_rises(self) -> BinaryConfig:
-        if self.tau_min > self.tau_max:
-            raise ValueError(
-                f"binary.tau_min ({self.tau_min}) must not exceed binary.tau_max ({self.tau_max})"
-            )
-        return self
+class Section(_Section):
+    """Base of the config sections that plug-in methods bring (`register_method`)."""
 
 
 class Config(_Section):
-    """One object describing a run completely; `config.yaml` in a run folder is its dump."""
+    """One object describing a run completely; `config.yaml` in a run folder is its dump.
+
+    These are the core sections; every registered method adds its own (`ema`, `bn`, `nr`,
+    `probes`, `binary` for the shipped ones), so the validated object is an instance of
+    `config_model()`, a subclass of this one with those sections added.
+    """
 
     name: str = "run"
+    # Modules to import before validating, so their register_* calls can add models, datasets
+    # and methods that the rest of the config names.
+    imports: list[str] = Field(default_factory=list)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -316,10 +288,6 @@ class Config(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     reference: ReferenceConfig | None = None
-    method: MethodConfig = Field(default_factory=MethodConfig)
-    nr: NRConfig = Field(default_factory=NRConfig)
-    probes: ProbesConfig = Field(default_factory=ProbesConfig)
-    binary: BinaryConfig = Field(default_factory=BinaryConfig)
 
     @model_validator(mode="after")
     def _epochs_in_range(self) -> Config:
@@ -343,9 +311,36 @@ def _section_type(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+def config_model() -> type[Config]:
+    """Return the Config class with every registered method's section added (cached until a
+    method is registered)."""
+    sections = tuple(
+        (entry.section, entry.settings) for _, entry in METHODS.items() if entry.section
+    )
+    cached = _MODEL_CACHE.get(sections)
+    if cached is None:
+        fields: dict[str, Any] = {
+            name: (settings, Field(default_factory=settings)) for name, settings in sections
+        }
+        cached = create_model("Config", __base__=Config, __doc__=Config.__doc__, **fields)
+        _MODEL_CACHE[sections] = cached
+    return cached
+
+
+_MODEL_CACHE: dict[tuple, type[Config]] = {}
+
+# Keys that moved when the methods became plug-ins with their own sections.
+MOVED_KEYS = {
+    "train.ema_decay": "ema.decay",
+    "train.bn_momentum": "bn.momentum",
+    "method.name": "nr.enabled (true for Neural Rejuvenation)",
+    "method": "nr.enabled (true for Neural Rejuvenation)",
+}
+
+
+def _known_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
     keys = []
-    for name, field in model.model_fields.items():
+    for name, field in (model or config_model()).model_fields.items():
         sub = _section_type(field.annotation)
         if sub is not None:
             keys += _known_keys(sub, f"{prefix}{name}.")
@@ -357,6 +352,8 @@ def _known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
 def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
+        if key in MOVED_KEYS:
+            return f"config key '{key}' is now '{MOVED_KEYS[key]}'"
         return f"unknown config key '{key}'{closest(key, _known_keys())}"
     value = raw
     for part in error["loc"]:
@@ -366,13 +363,49 @@ def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
     return where + error["msg"].removeprefix("Value error, ") + got
 
 
-def validate(raw: dict[str, Any]) -> Config:
-    """Build a Config from plain data; every problem becomes a UserError naming the key."""
+def check_methods(cfg: Config) -> None:
+    """Refuse a config whose methods cannot work together, or a method that does not fit the
+    rest of the config, with one line naming both (before any data is read)."""
+    active = [entry for _, entry in METHODS.items() if entry.active(cfg)]
+    names = {entry.name for entry in active}
+    for entry in active:
+        for other in entry.conflicts:
+            if other in names:
+                reason = entry.conflicts[other]
+                raise UserError(
+                    f"method '{entry.name}' cannot be combined with '{other}': {reason}"
+                )
+    for _, entry in METHODS.items():
+        if entry.check is not None:
+            problem = entry.check(cfg)
+            if problem:
+                raise UserError(problem)
+
+
+def _validated(model: type[Config], raw: dict[str, Any]) -> Config:
     try:
-        return Config.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         lines = [_describe(e, raw) for e in exc.errors()]
-        raise UserError("; ".join(lines)) from None
+        raise UserError("; ".join(dict.fromkeys(lines))) from None
+
+
+def validate_core(raw: dict[str, Any]) -> Config:
+    """Build the core sections only (no method sections): a Trainer's keyword settings."""
+    return _validated(Config, raw)
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    """Build a Config from plain data; every problem becomes a UserError naming the key."""
+    if not isinstance(raw, dict):
+        raise UserError(f"config must be a mapping of sections, not {type(raw).__name__}")
+    imports = raw.get("imports") or []
+    if not isinstance(imports, list) or not all(isinstance(m, str) for m in imports):
+        raise UserError("config key 'imports': a list of module names (e.g. [mypkg.models])")
+    import_plugins(imports)
+    cfg = _validated(config_model(), raw)
+    check_methods(cfg)
+    return cfg
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -421,9 +454,26 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a recipe (the default one when `path` is None), apply overrides, validate."""
-    path = Path(path) if path is not None else DEFAULT_RECIPE
+def find_recipe(path: Path | str) -> Path:
+    """Return `path`, or the shipped recipe of that name when no such file exists here (so
+    `--config recipes/cifar10/resnet20.yaml` works from any folder and after `pip install`)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("recipes",) else path.parts
+    shipped = RECIPES_DIR.joinpath(*parts) if parts else RECIPES_DIR
+    return shipped if shipped.is_file() else path
+
+
+def load_config(
+    path: Path | str | None = None,
+    overrides: list[str] | None = None,
+    imports: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """Load a recipe (the default one when `path` is None), import `imports` (users' plug-in
+    modules), apply overrides, validate."""
+    import_plugins(list(imports))
+    path = find_recipe(path) if path is not None else DEFAULT_RECIPE
     raw = read_yaml(path)
     raw.setdefault("name", path.stem)
     return validate(apply_overrides(raw, overrides or []))

@@ -1,17 +1,88 @@
-"""Name -> builder table for models: `register_variant`, `build_model`, `list_models`."""
+"""Name -> entry tables, one per kind of plug-in: models, datasets, methods, probes.
+
+The tables live at the bottom layer so that the config can check names against them, while the
+entries are filled by the layers that define them (`cnnlab.models` registers the families,
+`cnnlab.data.datasets` the datasets, `cnnlab.methods` the methods and probes). A table loads its
+built-in package by name the first time it is read: that is discovery, like an entry point, not
+an import of a higher layer. A user's own pieces join with the `register_*` functions once their
+module is imported (`cnnlab train --import mypkg.models`, or `imports:` in a recipe).
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from torch import nn
 
 from cnnlab.errors import UserError, closest
 
+T = TypeVar("T")
+
+
+class UnknownName(UserError):
+    """A name that no registry entry has (the message suggests the closest one)."""
+
+
+class Registry(Generic[T]):
+    """One kind's table of named entries; `builtin` is the package that registers the shipped
+    ones, imported on first use."""
+
+    def __init__(self, kind: str, builtin: str, hint: str = "") -> None:
+        self.kind = kind
+        self.builtin = builtin
+        self.hint = hint  # where a user sees the names, e.g. "see `cnnlab models`"
+        self._entries: dict[str, T] = {}
+        self._loaded = False
+
+    def _load_builtin(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            importlib.import_module(self.builtin)
+
+    def add(self, name: str, entry: T) -> None:
+        """Register `entry` under `name`; a name registered twice is a programming error."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} '{name}' is registered twice")
+        self._entries[name] = entry
+
+    def get(self, name: str) -> T:
+        """Return the entry `name`, or raise UnknownName suggesting the closest name."""
+        self._load_builtin()
+        if name not in self._entries:
+            hint = f"; {self.hint}" if self.hint else ""
+            raise UnknownName(f"unknown {self.kind} '{name}'{closest(name, self._entries)}{hint}")
+        return self._entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        self._load_builtin()
+        return name in self._entries
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Return the sorted names matching a shell-style pattern."""
+        self._load_builtin()
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        """Yield (name, entry) in registration order."""
+        self._load_builtin()
+        yield from list(self._entries.items())
+
+
+def import_plugins(modules: list[str] | tuple[str, ...]) -> None:
+    """Import users' modules so that their `register_*` calls run; a bad name is a UserError."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UserError(f"cannot import plug-in module '{name}': {exc}") from None
+
+
+# --------------------------------------------------------------------------------- models
 ModelFactory = Callable[..., nn.Module]
 
 
@@ -34,8 +105,13 @@ class ModelEntry:
         """Build the model with `options` over the variant's defaults."""
         return self.factory(**{**self.defaults, **options, **self.fixed})
 
+    @property
+    def binary(self) -> bool:
+        """Return whether the family is a 1-bit network (it declares `binary = True`)."""
+        return bool(getattr(self.factory, "binary", False))
 
-_MODELS: dict[str, ModelEntry] = {}
+
+MODELS: Registry[ModelEntry] = Registry("model", "cnnlab.models", "see `cnnlab models`")
 
 
 def register_variant(
@@ -47,36 +123,42 @@ def register_variant(
     **fixed: Any,
 ) -> None:
     """Register `name` as `factory(**fixed)`; `defaults` are overridable, `fixed` are not."""
-    if name in _MODELS:
-        raise ValueError(f"model '{name}' is registered twice")
-    _MODELS[name] = ModelEntry(name, factory, doc, fixed, dict(defaults or {}))
+    MODELS.add(name, ModelEntry(name, factory, doc, fixed, dict(defaults or {})))
 
 
-def _ensure_families_loaded() -> None:
-    # The families register themselves on import; importing the package here keeps
-    # `registry` free of a hard-coded family list.
-    import cnnlab.models  # noqa: F401
+def register_model(
+    name: str, factory: ModelFactory | None = None, doc: str = "", **defaults: Any
+) -> Any:
+    """Register a user's model constructor under `name` (usable as a decorator); it receives
+    `in_channels` and `num_classes` when it accepts them, and the config's model options."""
+
+    def add(fn: ModelFactory) -> ModelFactory:
+        register_variant(name, fn, doc or (fn.__doc__ or "").strip().split("\n")[0],
+                         defaults=defaults)  # fmt: skip
+        return fn
+
+    return add(factory) if factory is not None else add
 
 
 def model_entry(name: str) -> ModelEntry:
     """Return the registry entry for `name`, or raise a UserError suggesting the closest name."""
-    _ensure_families_loaded()
-    if name not in _MODELS:
-        raise UserError(f"unknown model '{name}'{closest(name, _MODELS)}; see `cnnlab models`")
-    return _MODELS[name]
+    return MODELS.get(name)
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Return the sorted names of registered models matching a shell-style pattern."""
-    _ensure_families_loaded()
-    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
+    return MODELS.names(pattern)
 
 
 def build_model(name: str, **options: Any) -> nn.Module:
-    """Build a registered model; None options are dropped so callers may pass them blindly."""
+    """Build a registered model; None options are dropped so callers may pass them blindly, and
+    `in_channels` / `num_classes` are passed only to constructors that take them."""
     entry = model_entry(name)
     kwargs = {k: v for k, v in options.items() if v is not None}
     allowed = entry.options()
+    for key in ("in_channels", "num_classes"):
+        if key in kwargs and key not in allowed and key not in entry.fixed:
+            del kwargs[key]
     for key in kwargs:
         if key not in allowed:
             hint = closest(key, allowed)
@@ -87,3 +169,56 @@ def build_model(name: str, **options: Any) -> nn.Module:
     except ValueError as exc:
         # Families raise ValueError for out-of-range options (depth, norm, ratio ...).
         raise UserError(f"model '{name}': {exc}") from None
+
+
+# ------------------------------------------------------------- the other kinds' tables
+# Their entry types live with the code that uses them (cnnlab.data.datasets.DatasetEntry,
+# cnnlab.methods.registry.MethodEntry, cnnlab.methods.probes.Probe factories).
+DATASETS: Registry[Any] = Registry("dataset", "cnnlab.data.datasets", "see cnnlab.datasets.names()")
+METHODS: Registry[Any] = Registry("method", "cnnlab.methods")
+PROBES: Registry[Any] = Registry("probe", "cnnlab.methods")
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A training method as a plug-in: the config section it owns, when a run uses it, the
+    callbacks it adds to the loop, and what it cannot be combined with.
+
+    `active(cfg)` and `check(cfg)` read the validated config; `check` returns a one-line
+    problem (or None) for a combination the section alone cannot judge; `conflicts` maps
+    another method's name to the reason the two cannot run together.
+    """
+
+    name: str
+    callbacks: Callable[[Any], list[Any]]
+    active: Callable[[Any], bool]
+    section: str | None = None
+    settings: type | None = None
+    conflicts: Mapping[str, str] = field(default_factory=dict)
+    check: Callable[[Any], str | None] | None = None
+    doc: str = ""
+
+
+def register_method(
+    name: str,
+    callbacks: Callable[[Any], list[Any]],
+    *,
+    active: Callable[[Any], bool],
+    section: str | None = None,
+    settings: type | None = None,
+    conflicts: Mapping[str, str] | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    doc: str = "",
+) -> None:
+    """Register a training method; its `settings` (a pydantic model, subclass of
+    cnnlab.config.Section) become config section `section`, validated with the rest."""
+    if (section is None) != (settings is None):
+        raise ValueError(f"method '{name}': give both section and settings, or neither")
+    entry = MethodEntry(name, callbacks, active, section, settings, dict(conflicts or {}), check,
+                        doc)  # fmt: skip
+    METHODS.add(name, entry)
+
+
+def register_probe(name: str, factory: Callable[[Any], Any]) -> None:
+    """Register a per-epoch probe: `factory(probes_settings)` returns a cnnlab.methods.Probe."""
+    PROBES.add(name, factory)

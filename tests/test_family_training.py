@@ -8,7 +8,7 @@ from cnnlab.data.augment import BatchAugment
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.data.sources import load_split
 from cnnlab.engine.numerics import Numerics
-from cnnlab.registry import _MODELS, list_models
+from cnnlab.registry import list_models, model_entry
 from tests.helpers import IMAGENET_FAMILIES, needs_fashion, small_model
 
 pytestmark = needs_fashion
@@ -34,9 +34,9 @@ SMOKE_ONLY = {
 
 
 def test_every_family_is_trained_here():
-    families = {_MODELS[n].factory.__name__ for n in list_models()}
-    learns = {_MODELS[n].factory.__name__ for n in REPRESENTATIVES}
-    smoke = {_MODELS[n].factory.__name__ for n in SMOKE_ONLY}
+    families = {model_entry(n).factory.__name__ for n in list_models()}
+    learns = {model_entry(n).factory.__name__ for n in REPRESENTATIVES}
+    smoke = {model_entry(n).factory.__name__ for n in SMOKE_ONLY}
     assert learns | smoke == families
     assert not learns & smoke
 
@@ -50,7 +50,7 @@ def _train(name: str, fashion, steps: int) -> tuple[list[float], list[float]]:
     """Train the shrunk `name` for `steps` SGD steps; return per-step accuracy and loss."""
     torch.manual_seed(0)
     model = small_model(name, in_channels=1, num_classes=10)
-    imagenet_size = _MODELS[name].factory.__name__ in IMAGENET_FAMILIES
+    imagenet_size = model_entry(name).factory.__name__ in IMAGENET_FAMILIES
     batch_size = 16 if imagenet_size else 32
     loader = InMemoryLoader(
         fashion.images[:6400], fashion.labels[:6400], fashion.info.mean, fashion.info.std,

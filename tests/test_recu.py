@@ -156,7 +156,7 @@ def test_binary_models_forward_backward_at_both_sizes(name, channels, size):
 
 
 def test_binary_section_is_refused_for_a_full_precision_model(tmp_path):
-    from cnnlab.engine.trainer import config_callbacks
+    from cnnlab.run.training import config_callbacks
 
     with pytest.raises(UserError, match="binary models"):
         config_callbacks(load_config(None, ["model.name=resnet20", "binary.recu=false"]))

@@ -226,7 +226,7 @@ VARIANTS = {
     "cutmix": ["augment.cutmix_alpha=1.0"],
     "label_smoothing": ["train.label_smoothing=0.1"],
     "patch_shuffle": ["augment.patch_shuffle_prob=0.1"],
-    "ema": ["train.ema_decay=0.9"],
+    "ema": ["ema.decay=0.9"],
 }
 
 

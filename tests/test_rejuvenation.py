@@ -9,9 +9,7 @@ from torch import nn
 from cnnlab.config import load_config
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import load_checkpoint
-from cnnlab.engine.evaluate_checkpoint import evaluate_checkpoint
 from cnnlab.engine.run_folder import RunFolder
-from cnnlab.engine.trainer import train_new, train_resume
 from cnnlab.errors import UserError
 from cnnlab.methods.rejuvenation import (
     Rejuvenation,
@@ -31,6 +29,8 @@ from cnnlab.models.nr_layers import SplitConv2d, TwoHeadLinear
 from cnnlab.models.resnet import CifarResNet
 from cnnlab.models.vgg import CifarVGG
 from cnnlab.registry import build_model
+from cnnlab.run.evaluate_checkpoint import evaluate_checkpoint
+from cnnlab.run.training import train_new, train_resume
 from tests.helpers import needs_fashion, read_metrics, without_timing
 
 
@@ -345,7 +345,7 @@ NR_ARGS = [
     "schedule.name=multistep",
     "schedule.peak_epoch=null",
     "schedule.milestones=[1]",
-    "method.name=rejuvenation",
+    "nr.enabled=true",
     "nr.sparsity=1e-3",
     "nr.target=0.6",
 ]

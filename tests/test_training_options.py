@@ -8,13 +8,13 @@ from torch import nn
 
 from cnnlab.config import load_config
 from cnnlab.data.loader import InMemoryLoader
-from cnnlab.engine.ema import WeightEMA
 from cnnlab.engine.evaluate import evaluate, predict
 from cnnlab.engine.numerics import Numerics
-from cnnlab.engine.probes import ProbeCallback
 from cnnlab.engine.tensorboard import TensorBoardWriter, tensorboard_available
-from cnnlab.engine.trainer import config_callbacks
 from cnnlab.methods.bn_momentum import BNMomentum
+from cnnlab.methods.ema import WeightEMA
+from cnnlab.methods.probes import ProbeCallback
+from cnnlab.run.training import config_callbacks
 
 
 def bn_net():
@@ -87,7 +87,7 @@ def test_config_switches_the_callbacks_on():
     # Probes are on by default; TensorBoard joins wherever its package is installed.
     writer = [TensorBoardWriter] if tensorboard_available() else []
     assert [type(cb) for cb in config_callbacks(load_config())] == [ProbeCallback, *writer]
-    cfg = load_config(None, ["train.bn_momentum=dynamic", "train.ema_decay=0.99"])
+    cfg = load_config(None, ["bn.momentum=dynamic", "ema.decay=0.99"])
     kinds = [type(cb) for cb in config_callbacks(cfg)]
     assert kinds == [BNMomentum, WeightEMA, ProbeCallback, *writer]
     assert [type(cb) for cb in config_callbacks(load_config(None, ["probes.enabled=false"]))] == [

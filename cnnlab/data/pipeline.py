@@ -13,8 +13,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from cnnlab.config import Config, DataConfig
+from cnnlab.config import AugmentConfig, Config, DataConfig, TrainConfig
 from cnnlab.data.augment import BatchAugment
+from cnnlab.data.datasets import (
+    Splits,
+    dataset_entry,
+    load,
+    normalised_as,
+    split_validation,
+)
 from cnnlab.data.folder import (
     IMAGENET_GRAY_MEAN,
     IMAGENET_GRAY_STD,
@@ -25,13 +32,13 @@ from cnnlab.data.folder import (
     load_folder_splits,
 )
 from cnnlab.data.folder_loader import FolderLoader, ImageView
+from cnnlab.data.image_size import auto_image_size
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.data.mixing import BatchMixer
-from cnnlab.data.sources import TRAIN_IMAGES, ArrayDataset, DatasetInfo, dataset_info, load_split
+from cnnlab.data.sources import ArrayDataset, DatasetInfo
 from cnnlab.errors import UserError
 
 Loader = InMemoryLoader | FolderLoader
-DEFAULT_IMAGE_SIZE = 224
 CROP_RATIO = 0.875  # eval: resize the shorter side to image_size / 0.875, take the centre
 
 
@@ -46,27 +53,6 @@ class DataBundle:
     description: str = ""  # where the images came from, for the run's log
 
 
-def split_validation(
-    ds: ArrayDataset, val_size: int, seed: int
-) -> tuple[ArrayDataset, ArrayDataset]:
-    """Hold out `val_size` training images chosen by a seeded permutation (not by train.seed)."""
-    n = len(ds.labels)
-    if val_size >= n:
-        raise UserError(f"data.val_size={val_size} leaves no training images (the set has {n})")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    keep, held = order[: n - val_size].sort().values, order[n - val_size :].sort().values
-    return (
-        ArrayDataset(ds.images[keep], ds.labels[keep], ds.info),
-        ArrayDataset(ds.images[held], ds.labels[held], ds.info),
-    )
-
-
-def _limit(ds: ArrayDataset, limit: int | None) -> ArrayDataset:
-    if limit is None or limit >= len(ds.labels):
-        return ds
-    return ArrayDataset(ds.images[:limit], ds.labels[:limit], ds.info)
-
-
 def _held_out(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     # The same seeded permutation as split_validation, on positions.
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
@@ -76,7 +62,12 @@ def _held_out(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def train_images(cfg: Config) -> int:
     """Return how many training images a run of `cfg` uses (image folders are listed, not read)."""
     d = cfg.data
-    total = folder_size(d) if d.name == "folder" else TRAIN_IMAGES[d.name]
+    if d.name == "folder":
+        total = folder_size(d)
+    else:
+        total = dataset_entry(d.name).train_images
+        if total is None:  # a user's dataset that does not declare its size: count it
+            total = len(load_split_of(cfg, "train"))
     n = total - d.val_size
     if n <= 0:
         raise UserError(f"data.val_size={d.val_size} leaves no training images (the set has "
@@ -95,25 +86,25 @@ def steps_per_epoch(cfg: Config) -> int:
     return steps
 
 
-def _normalisation(d: DataConfig, info: DatasetInfo) -> DatasetInfo:
-    """Apply data.mean / data.std to `info` (checked against its channels)."""
-    for key in ("mean", "std"):
-        values = getattr(d, key)
-        if values is not None and len(values) != info.channels:
-            raise UserError(
-                f"config key 'data.{key}': {len(values)} values for {info.channels}-channel images"
-            )
-    return replace(
-        info,
-        mean=tuple(d.mean) if d.mean is not None else info.mean,
-        std=tuple(d.std) if d.std is not None else info.std,
-    )
+def _fixed_size(d: DataConfig) -> int:
+    if d.image_size == "auto":
+        raise ValueError("data.image_size=auto must be resolved first (with_image_size)")
+    return d.image_size
+
+
+def with_image_size(d: DataConfig, samples: Samples) -> tuple[DataConfig, str]:
+    """Return `d` with data.image_size resolved ('auto': from the training images) and a line
+    for the run's log saying what was chosen and why."""
+    if d.image_size != "auto":
+        return d, f"image size {d.image_size} (data.image_size)"
+    size, why = auto_image_size(samples)
+    return d.model_copy(update={"image_size": size}), f"image size {size} (auto: {why})"
 
 
 def folder_info(d: DataConfig, classes: tuple[str, ...]) -> DatasetInfo:
     """Return the DatasetInfo of an image folder (ImageNet statistics unless data.mean/std)."""
     gray = d.color == "gray"
-    size = d.image_size or DEFAULT_IMAGE_SIZE
+    size = _fixed_size(d)
     info = DatasetInfo(
         name="folder",
         num_classes=len(classes),
@@ -123,12 +114,12 @@ def folder_info(d: DataConfig, classes: tuple[str, ...]) -> DatasetInfo:
         std=IMAGENET_GRAY_STD if gray else IMAGENET_STD,
         classes=classes,
     )
-    return _normalisation(d, info)
+    return normalised_as(info, d.mean, d.std)
 
 
 def folder_view(d: DataConfig, train: bool) -> ImageView:
     """Return how the workers cut images for training (`train`) or evaluation."""
-    size = d.image_size or DEFAULT_IMAGE_SIZE
+    size = _fixed_size(d)
     resize = d.eval_resize or round(size / CROP_RATIO)
     if resize < size:
         raise UserError(f"data.eval_resize={resize} is smaller than data.image_size={size}")
@@ -176,8 +167,8 @@ def _check_batch(cfg: Config, n: int, world: int) -> None:
 def _build_folder(
     cfg: Config, device: torch.device, rank: int, world: int, warn: Callable[[str], None] | None
 ) -> DataBundle:
-    d = cfg.data
-    splits = load_folder_splits(d)
+    splits = load_folder_splits(cfg.data)
+    d, size_note = with_image_size(cfg.data, splits.train)
     train, test = splits.train, splits.test
     val = None
     if d.val_size:
@@ -211,7 +202,7 @@ def _build_folder(
         val=loader(val, False) if val is not None else None,
         test=loader(test, False),
         info=info,
-        description=f"{splits.layout}; {len(splits.classes)} classes; {sizes}",
+        description=f"{splits.layout}; {len(splits.classes)} classes; {sizes}; {size_note}",
     )
 
 
@@ -226,41 +217,54 @@ def build_data(
     if cfg.data.name == "folder":
         return _build_folder(cfg, device, rank, world, warn)
     d = cfg.data
-    train_set = load_split(d.name, "train", d.root, d.download)
-    test_set = _limit(load_split(d.name, "test", d.root, d.download), d.test_limit)
-    val_set = None
-    if d.val_size:
-        train_set, val_set = split_validation(train_set, d.val_size, d.split_seed)
-    train_set = _limit(train_set, d.train_limit)
-    _check_batch(cfg, len(train_set.labels), world)
-    info = _normalisation(d, train_set.info)
-    augment = BatchAugment.from_config(cfg.augment, info.mean, info.image_size)
-    mixer = BatchMixer.from_config(cfg.augment, info.num_classes)
+    splits = load(
+        d.name, d.root, download=d.download, val_size=d.val_size, split_seed=d.split_seed,
+        train_limit=d.train_limit, test_limit=d.test_limit, mean=d.mean, std=d.std,
+    )  # fmt: skip
+    _check_batch(cfg, len(splits.train), world)
+    return make_loaders(splits, cfg.train, cfg.augment, device, rank, world)
 
-    def loader(ds: ArrayDataset, train: bool) -> InMemoryLoader:
+
+def make_loaders(
+    splits: Splits,
+    train: TrainConfig,
+    augment: AugmentConfig,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+) -> DataBundle:
+    """Return in-memory loaders over `splits`: batches of train.batch_size (eval_batch_size for
+    evaluation), `augment` on the training batches, order and draws seeded by train.seed."""
+    info = splits.info
+    batch_augment = BatchAugment.from_config(augment, info.mean, info.image_size)
+    mixer = BatchMixer.from_config(augment, info.num_classes)
+
+    def loader(ds: ArrayDataset, training: bool) -> InMemoryLoader:
         return InMemoryLoader(
-            ds.images,
-            ds.labels,
-            info.mean,
-            info.std,
-            cfg.train.batch_size if train else cfg.train.eval_batch_size,
-            device,
-            train=train,
-            augment=augment if train else None,
-            mixer=mixer if train else None,
-            seed=cfg.train.seed,
-            rank=rank,
-            world=world,
-        )
+            ds.images, ds.labels, info.mean, info.std,
+            train.batch_size if training else train.eval_batch_size, device, train=training,
+            augment=batch_augment if training else None, mixer=mixer if training else None,
+            seed=train.seed, rank=rank, world=world,
+        )  # fmt: skip
 
-    sizes = f"{len(train_set)} train, {len(val_set) if val_set else 0} val, {len(test_set)} test"
     return DataBundle(
-        train=loader(train_set, True),
-        val=loader(val_set, False) if val_set is not None else None,
-        test=loader(test_set, False),
+        train=loader(splits.train, True),
+        val=loader(splits.val, False) if splits.val is not None else None,
+        test=loader(splits.test, False),
         info=info,
-        description=f"{d.name}: {sizes} images",
+        description=splits.description,
     )
+
+
+def load_split_of(
+    cfg: Config, split: str, name: str | None = None, root: str | None = None
+) -> ArrayDataset:
+    """Return split 'train' or 'test' of the run's dataset (or of dataset `name` in `root`)."""
+    name = name or cfg.data.name
+    entry = dataset_entry(name)
+    if entry.read is None:
+        raise UserError(f"dataset '{name}' is not an in-memory dataset")
+    return entry.read(split, root or (cfg.data.root if name == cfg.data.name else None), True)
 
 
 def eval_loader(
@@ -283,8 +287,8 @@ def eval_loader(
         fields["root"] = root or fields.get("root")
         if not fields["root"]:
             raise UserError("evaluating on an image folder needs --data-root DIR")
-        d = DataConfig(**fields)
-        splits = load_folder_splits(d)
+        splits = load_folder_splits(DataConfig(**fields))
+        d, _ = with_image_size(DataConfig(**fields), splits.train)
         samples = splits.test if split == "test" else splits.train
         if split != "test" and d.val_size:
             keep, held = _held_out(len(samples), d.val_size, d.split_seed)
@@ -295,12 +299,11 @@ def eval_loader(
             device, train=False, workers=d.workers, bad_images=d.bad_images,
         )  # fmt: skip
         return loader, info
-    data = load_split(name, "test" if split == "test" else "train",
-                      root or (d.root if name == d.name else None))  # fmt: skip
+    data = load_split_of(cfg, "test" if split == "test" else "train", name, root)
     if split != "test" and name == d.name and d.val_size:
         kept, held = split_validation(data, d.val_size, d.split_seed)
         data = held if split == "val" else kept
-    info = _normalisation(d, data.info) if name == d.name else dataset_info(name)
+    info = normalised_as(data.info, d.mean, d.std) if name == d.name else data.info
     loader = InMemoryLoader(
         data.images, data.labels, info.mean, info.std, cfg.train.eval_batch_size, device,
         train=False,

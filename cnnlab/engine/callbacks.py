@@ -32,6 +32,10 @@ class Callback:
     def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         """Called once with the run summary."""
 
+    def on_checkpoint_load(self, trainer: Trainer, state: dict[str, Any]) -> None:
+        """Called on resume with the checkpoint, before the model's weights are loaded (a method
+        that reshaped the network rebuilds it here: `trainer.reshape_model`)."""
+
     def state_dict(self) -> dict[str, Any]:
         """Return state to keep in checkpoints."""
         return {}

@@ -27,9 +27,10 @@ class RunFolder:
     """Paths and writers for one run's files; with `writer=False` (DDP ranks other than 0) the
     writing methods do nothing, so exactly one process writes the run folder."""
 
-    def __init__(self, path: Path, writer: bool = True) -> None:
-        self.path = Path(path)
-        self.writer = writer
+    def __init__(self, path: Path | None, writer: bool = True) -> None:
+        # With no path (a Trainer without run_dir) nothing is written; the paths are dummies.
+        self.writer = writer and path is not None
+        self.path = Path(path) if path is not None else Path("(no run folder)")
         self.config = self.path / "config.yaml"
         self.metrics = self.path / "metrics.jsonl"
         self.log_file = self.path / "log.txt"
@@ -60,6 +61,11 @@ class RunFolder:
         return cls(path)
 
     @classmethod
+    def nowhere(cls) -> RunFolder:
+        """Return a run folder that writes nothing (a run kept in memory only)."""
+        return cls(None)
+
+    @classmethod
     def open(cls, path: Path, writer: bool = True) -> RunFolder:
         """Open an existing run folder for resuming; it must hold config.yaml."""
         run = cls(Path(path), writer)
@@ -85,3 +91,24 @@ class RunFolder:
         if not self.writer:
             return
         atomic_write_text(self.summary, json.dumps(summary, indent=2) + "\n")
+
+
+def read_metrics(file: Path) -> list[dict[str, Any]]:
+    """Return the rows of a metrics.jsonl (none when it does not exist); a file that cannot be
+    read or a line that is not a metrics row is a UserError naming the file and line."""
+    if not file.exists():
+        return []
+    try:
+        lines = file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        raise UserError(f"{file} cannot be read") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise UserError(f"{file} line {number} is not a metrics row (truncated?)")
+        rows.append(row)
+    return rows

@@ -1,12 +1,20 @@
-"""The training loop: set-up, epochs of per-iteration steps, evaluation, checkpoints, resume."""
+"""The training loop: any nn.Module on any data, epochs of per-iteration steps, evaluation,
+checkpoints, exact resume. It knows no model family and no method: methods come in as callbacks.
+
+    trainer = Trainer(MyNet(), cnnlab.datasets.load("fashion_mnist"), epochs=5,
+                      optim={"lr": 0.1}, callbacks=[MyProbe()], run_dir="runs/mine")
+    summary = trainer.fit()
+
+`cnnlab.train(config)` (cnnlab/run/) builds the same object from a Config, as the CLI does.
+"""
 
 from __future__ import annotations
 
 import platform
 import resource
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,12 +22,19 @@ from torch import nn
 
 from cnnlab.analysis.curves import plot_run_curves
 from cnnlab.analysis.profile import count_flops, count_params
-from cnnlab.config import BinaryConfig, Config, dump_config
-from cnnlab.data.pipeline import build_data
+from cnnlab.config import (
+    AugmentConfig,
+    Config,
+    EvalConfig,
+    OptimConfig,
+    ScheduleConfig,
+    validate_core,
+)
+from cnnlab.data.datasets import Splits, load
+from cnnlab.data.pipeline import DataBundle, make_loaders
 from cnnlab.engine import distributed
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import (
-    atomic_write_text,
     copy_file_atomic,
     load_checkpoint,
     rng_state,
@@ -27,21 +42,16 @@ from cnnlab.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from cnnlab.engine.ema import WeightEMA
 from cnnlab.engine.evaluate import evaluate
 from cnnlab.engine.losses import combine_heads, multi_head_loss
 from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict
 from cnnlab.engine.optim import Schedule, build_optimizer
-from cnnlab.engine.probes import ProbeCallback
 from cnnlab.engine.run_folder import RunFolder
-from cnnlab.engine.tensorboard import TensorBoardWriter, tensorboard_available
 from cnnlab.errors import UserError
-from cnnlab.methods.bn_momentum import BNMomentum
-from cnnlab.methods.recu import ReCUSchedule
-from cnnlab.methods.rejuvenation import Rejuvenation, apply_architecture
-from cnnlab.registry import build_model, model_entry
 
 CHECKPOINT_FORMAT = 1
+Data = Splits | DataBundle | str
+Section = Mapping[str, Any] | None
 
 
 class TrainingDiverged(UserError):
@@ -61,90 +71,136 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def config_callbacks(cfg: Config, writer: bool = True) -> list[Callback]:
-    """Return the callbacks that config options (BN momentum, EMA) and installed tools switch on;
-    those that only write files (TensorBoard) only where `writer` (rank 0)."""
-    callbacks: list[Callback] = []
-    if cfg.train.bn_momentum is not None:
-        callbacks.append(BNMomentum(cfg.train.bn_momentum))
-    if cfg.train.ema_decay:
-        callbacks.append(WeightEMA(cfg.train.ema_decay))
-    if cfg.method.name == "rejuvenation":
-        callbacks.append(Rejuvenation(cfg.nr))
-    # Families of 1-bit models mark themselves `binary = True` (cnnlab/models/recu_nets.py).
-    if getattr(model_entry(cfg.model.name).factory, "binary", False):
-        b = cfg.binary
-        callbacks.append(ReCUSchedule(b.recu, b.tau_min, b.tau_max))
-    elif cfg.binary != BinaryConfig():
-        raise UserError(f"config section 'binary' applies only to binary models "
-                        f"(e.g. resnet20_1w1a), not {cfg.model.name}")  # fmt: skip
-    # Before TensorBoard, so that it logs the probe readings of the row.
-    if cfg.probes.enabled:
-        callbacks.append(ProbeCallback(cfg.probes))
-    if writer and tensorboard_available():
-        callbacks.append(TensorBoardWriter())
-    return callbacks
+def _settings(
+    name: str,
+    train: Mapping[str, Any],
+    sections: Mapping[str, Section | Any],
+) -> Config:
+    """Validate keyword settings into the core config sections (errors name the key)."""
+    raw: dict[str, Any] = {"name": name, "train": dict(train)}
+    for key, value in sections.items():
+        if value is None:
+            continue
+        raw[key] = value.model_dump() if hasattr(value, "model_dump") else dict(value)
+    return validate_core(raw)
 
 
-def _rank_warning(rank: int) -> object:
-    # Messages from the data workers of rank r > 0 say which rank they come from.
-    if rank == 0:
-        return None
-    return lambda line: print(f"[rank {rank}] {line}", file=sys.stderr, flush=True)
+def _open_run(run_dir: str | Path | RunFolder | None, resume: bool, writer: bool) -> RunFolder:
+    if isinstance(run_dir, RunFolder):
+        return run_dir
+    if run_dir is None:
+        if resume:
+            raise UserError("resume=True needs run_dir (the folder of the run to continue)")
+        return RunFolder.nowhere()
+    if resume:
+        if not Path(run_dir).is_dir():
+            raise UserError(f"cannot resume: run folder {run_dir} does not exist")
+        return RunFolder(Path(run_dir), writer=writer)
+    path = distributed.on_main(lambda: RunFolder.create(Path(run_dir)).path)
+    return RunFolder(path, writer=writer)
 
 
 class Trainer:
-    """Owns one run: data, model, optimizer, schedule, callbacks, and the run folder.
+    """One run of training: a model, its data, the settings, callbacks and (optionally) a run
+    folder that makes it resumable.
+
+    `model` is any nn.Module (a tuple of logits while training is summed as several heads);
+    `data` is `cnnlab.datasets.Splits` (from `load` or `from_tensors`), a registered dataset
+    name, or loaders already built (`DataBundle`, as `cnnlab.train` builds for image folders).
+    `optim`, `schedule`, `augment` and `eval` are the config sections of those names (dicts or
+    their Config classes), and the keyword arguments are `train.*` keys (`epochs`,
+    `batch_size`, `seed`, `device`, `precision` ...), checked as the config checks them.
+    With `run_dir` the run writes its folder (metrics, log, checkpoints, summary, curves) and
+    `resume=True` continues it from its last checkpoint exactly; without, nothing is written.
 
     Under torchrun every rank builds a Trainer: `model` is the bare module (evaluated, saved,
-    averaged by EMA) and `train_model` the DDP wrapper the steps go through; only the rank whose
-    RunFolder is the writer (rank 0) writes files.
+    averaged by EMA) and `train_model` the DDP wrapper the steps go through; only rank 0 writes.
     """
 
-    def __init__(self, cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> None:
-        self.cfg = cfg
-        self.run = run
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Data,
+        *,
+        optim: Mapping[str, Any] | OptimConfig | None = None,
+        schedule: Mapping[str, Any] | ScheduleConfig | None = None,
+        augment: Mapping[str, Any] | AugmentConfig | None = None,
+        eval: Mapping[str, Any] | EvalConfig | None = None,  # noqa: A002 - the section's name
+        callbacks: Sequence[Callback] = (),
+        run_dir: str | Path | RunFolder | None = None,
+        resume: bool = False,
+        name: str = "run",
+        config: Config | None = None,
+        **train: Any,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise UserError(f"Trainer needs an nn.Module as its model, got {type(model).__name__}")
+        if config is not None and (train or optim or schedule or augment or eval):
+            raise UserError("give the Trainer either config= or keyword settings, not both")
+        sections = {"optim": optim, "schedule": schedule, "augment": augment, "eval": eval}
+        # The run's configuration: the whole Config when built by cnnlab.train, otherwise the
+        # core sections made of the keyword settings. Callbacks read their settings from it.
+        self.cfg = config if config is not None else _settings(name, train, sections)
+        self.from_config = config is not None
         self.dist = distributed.current()
-        # Config-driven callbacks come first, so e.g. EMA metrics are in the row reporters see.
-        self.callbacks = [*config_callbacks(cfg, run.writer), *callbacks]
+        self.run = _open_run(run_dir, resume, self.dist.is_main)
+        self.resume = resume
+        self.callbacks = list(callbacks)
         self.started = time.perf_counter()
-        self.device = distributed.device_for(self.dist, resolve_device(cfg.train.device))
-        seed_everything(cfg.train.seed)
-        self.data = build_data(
-            cfg, self.device, self.dist.rank, self.dist.world, _rank_warning(self.dist.rank)
-        )
+        self.device = distributed.device_for(self.dist, resolve_device(self.cfg.train.device))
+        self.data = self._loaders(data)
         info = self.data.info
         self.input_shape = (info.channels, *info.image_size)
-        self.model: nn.Module = build_model(
-            cfg.model.name, in_channels=info.channels, num_classes=info.num_classes,
-            **cfg.model.options(),
-        )  # fmt: skip
+        self.model: nn.Module = model
+        self.model_name = self.cfg.model.name if self.from_config else type(model).__name__
         self.train_model: nn.Module = self.model
-        if self.dist.rank:
-            # Every rank starts from the same weights (seeded above); dropout and other draws
-            # from the global generator then differ per rank.
-            seed_everything(distributed.rank_seed(cfg.train.seed, self.dist.rank))
         self.params = count_params(self.model)
         self._flops: int | None = None
         self.logged_notes: set[str] = set()  # data problems already in log.txt
         self.steps_per_epoch = len(self.data.train)
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"train.batch_size={self.cfg.train.batch_size} is larger than the training set "
+                f"({self.data.train.num_images} images)"
+            )
         self.schedule = Schedule(
-            cfg.schedule, cfg.train.epochs, self.steps_per_epoch, base_lr=cfg.optim.lr
-        )
+            self.cfg.schedule, self.cfg.train.epochs, self.steps_per_epoch,
+            base_lr=self.cfg.optim.lr,
+        )  # fmt: skip
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
-        self.lr = cfg.optim.lr
+        self.lr = self.cfg.optim.lr
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
         self.elapsed_before = 0.0  # wall seconds spent by earlier sessions of a resumed run
         self.numerics = Numerics()
         self.optimizer: torch.optim.Optimizer | None = None
+        self._started = False  # start_fresh or restore has run
         # Set by methods that reshape the network (Neural Rejuvenation); saved in checkpoints
         # so resume and `cnnlab eval` rebuild the same shapes before loading the weights.
         self.architecture: dict[str, Any] | None = None
         # Epochs the LR schedule does not count (NR's pre-rejuvenation phase); they extend the run.
         self.extra_epochs = 0
         self.stop_requested = False  # a callback may end the run after the current epoch
+
+    def _loaders(self, data: Data) -> DataBundle:
+        if isinstance(data, DataBundle):
+            return data
+        if isinstance(data, str):
+            data = load(data)
+        if not isinstance(data, Splits):
+            raise UserError(
+                "Trainer data must be cnnlab.datasets.load(...) / from_tensors(...), a dataset "
+                f"name, or a DataBundle; got {type(data).__name__}"
+            )
+        b, world = self.cfg.train.batch_size, self.dist.world
+        if b % world:
+            raise UserError(
+                f"train.batch_size={b} is the global batch and must split evenly over the "
+                f"{world} processes; use a multiple of {world}"
+            )
+        return make_loaders(data, self.cfg.train, self.cfg.augment, self.device,
+                            self.dist.rank, world)  # fmt: skip
 
     @property
     def flops(self) -> int:
@@ -174,10 +230,20 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
         self.train_model = distributed.wrap_model(self.model, self.dist, self.device)
 
+    def _numerics_key(self) -> str:
+        if self.from_config:
+            return f"{self.cfg.model.name}{sorted(self.cfg.model.options().items())}"
+        kind = type(self.model)
+        return f"{kind.__module__}.{kind.__qualname__}:{self.params}"
+
     def start_fresh(self) -> None:
-        """Choose numerics (measuring if 'auto') and build the optimizer."""
+        """Seed the run's random streams, choose numerics (measuring if 'auto') and build the
+        optimizer."""
         t = self.cfg.train
-        model_key = f"{self.cfg.model.name}{sorted(self.cfg.model.options().items())}"
+        # Dropout and other draws from the global generators start from the seed (each rank
+        # its own stream); the data order and augmentation have their own (seed, epoch) ones.
+        seed_everything(distributed.rank_seed(t.seed, self.dist.rank))
+        model_key = self._numerics_key()
         # Rank 0 measures (or reads its cache) and every rank uses its choice.
         numerics = distributed.on_main(
             lambda: choose_numerics(
@@ -187,14 +253,14 @@ class Trainer:
         )  # fmt: skip
         self._place_model(numerics)
         self.run.log(f"numerics: {numerics_dict(numerics)}")
+        self._started = True
 
     def restore(self, state: dict[str, Any]) -> None:
         """Restore model, optimizer, RNG, counters and callbacks from a checkpoint."""
         saved = state.get("numerics", {})
-        if state.get("architecture") is not None:
-            self.architecture = state["architecture"]
-            self.model = apply_architecture(self.model, self.architecture)
-            self.params = count_params(self.model)
+        # A method that reshaped the network rebuilds those shapes before the weights load.
+        for cb in self.callbacks:
+            cb.on_checkpoint_load(self, state)
         self.extra_epochs = state.get("extra_epochs", 0)
         self._place_model(
             Numerics(saved.get("precision", "fp32"), saved.get("channels_last", False))
@@ -222,6 +288,7 @@ class Trainer:
         for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
             cb.load_state_dict(cb_state)
         self.run.log(f"resumed after epoch {self.epoch} (step {self.step})")
+        self._started = True
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Return everything needed to continue this run exactly (a collective under DDP:
@@ -229,7 +296,10 @@ class Trainer:
         rng_by_rank = distributed.gather_objects(rng_state()) if self.dist.active else None
         state = {
             "format": CHECKPOINT_FORMAT,
-            "config": self.cfg.model_dump(mode="json"),
+            # The whole config rebuilds the model (`cnnlab eval`); a run of a user's own module
+            # keeps only its settings.
+            "config": self.cfg.model_dump(mode="json") if self.from_config else None,
+            "settings": self.cfg.model_dump(mode="json"),
             "epoch": self.epoch,
             "step": self.step,
             "model": self.model.state_dict(),
@@ -260,6 +330,29 @@ class Trainer:
         self.architecture = architecture
         self._place_model(self.numerics)
         self.params = count_params(self.model)
+
+    def reshape_model(self, model: nn.Module, architecture: dict[str, Any]) -> None:
+        """Before a resume loads the weights: use `model`, rebuilt to a saved architecture."""
+        self.model = model
+        self.architecture = architecture
+        self.params = count_params(self.model)
+
+    def start(self) -> None:
+        """Start fresh, or with resume=True restore run_dir's last checkpoint (a run that died
+        before its first checkpoint starts fresh)."""
+        self.log_setup()
+        if self.resume and self.run.last.exists():
+            self.restore(load_checkpoint(self.run.last))
+            if self.epoch >= self.total_epochs and self.run.summary.exists():
+                raise UserError(f"run {self.run.path} already finished all {self.epoch} epochs")
+            # metrics.jsonl may hold an epoch that finished after the checkpoint was written.
+            self.run.write_metrics(self.history)
+        else:
+            if self.run.writer:
+                self.run.log(
+                    f"model {self.model_name}: {self.params} params, {self.flops} FLOPs/image"
+                )
+            self.start_fresh()
 
     # ------------------------------------------------------------------------------ loop
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -364,7 +457,10 @@ class Trainer:
                 self.run.log(line)
 
     def fit(self) -> dict[str, Any]:
-        """Train the remaining epochs and return the summary (also written to summary.json)."""
+        """Train the remaining epochs and return the summary (also written to summary.json);
+        starts the run, or continues it from run_dir's last checkpoint when resume=True."""
+        if not self._started:
+            self.start()
         cfg = self.cfg
         if self.dist.active and self.epoch < cfg.train.epochs:
             self.run.log(distributed.check_disjoint(self.data.train.epoch_indices(self.epoch + 1)))
@@ -391,7 +487,7 @@ class Trainer:
                 if is_best:
                     copy_file_atomic(self.run.last, self.run.best)
                 self.run.write_metrics(self.history)
-                title = f"{cfg.name}: {cfg.model.name} on {cfg.data.name}"
+                title = f"{cfg.name}: {self.model_name} on {self.data.info.name}"
                 plot_run_curves(self.history, self.run.curves, title)
         summary = self.summary()
         self.run.write_summary(summary)
@@ -406,8 +502,8 @@ class Trainer:
         train_rates = [r["images_per_s"] for r in self.history]
         return {
             "name": self.cfg.name,
-            "model": self.cfg.model.name,
-            "dataset": self.cfg.data.name,
+            "model": self.model_name,
+            "dataset": self.data.info.name,
             "epochs": self.epoch,
             "steps": self.step,
             "seed": self.cfg.train.seed,
@@ -430,33 +526,3 @@ class Trainer:
             "threads": torch.get_num_threads(),
             "finished": True,
         }
-
-
-def train_new(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Start a run in a fresh run folder and train it to the end."""
-    if run.writer:
-        atomic_write_text(run.config, dump_config(cfg))
-    run.log(f"cnnlab run {run.path} | torch {torch.__version__}")
-    trainer = Trainer(cfg, run, callbacks)
-    trainer.log_setup()
-    if run.writer:
-        trainer.run.log(
-            f"model {cfg.model.name}: {trainer.params} params, {trainer.flops} FLOPs/image"
-        )
-    trainer.start_fresh()
-    return trainer.fit()
-
-
-def train_resume(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Continue a run from its last.pt (or from scratch if it died before its first checkpoint)."""
-    trainer = Trainer(cfg, run, callbacks)
-    trainer.log_setup()
-    if run.last.exists():
-        trainer.restore(load_checkpoint(run.last))
-        if trainer.epoch >= trainer.total_epochs and run.summary.exists():
-            raise UserError(f"run {run.path} already finished all {trainer.epoch} epochs")
-        # metrics.jsonl may hold an epoch that finished after the checkpoint was written.
-        run.write_metrics(trainer.history)
-    else:
-        trainer.start_fresh()
-    return trainer.fit()

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from cnnlab.engine.run_folder import read_metrics
 from cnnlab.errors import UserError
 
 # Any of these marks a folder as a run folder (also one that died early or failed).
@@ -70,25 +71,11 @@ def _read_config(path: Path, problems: list[str]) -> dict[str, Any] | None:
 
 
 def _read_history(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    file = path / "metrics.jsonl"
-    if not file.exists():
-        return []
-    rows = []
     try:
-        lines = file.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        problems.append("metrics.jsonl cannot be read")
+        return read_metrics(path / "metrics.jsonl")
+    except UserError as exc:
+        problems.append(str(exc).replace(f"{path}/", ""))
         return []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-            problems.append(f"metrics.jsonl line {number} is not a metrics row (truncated?)")
-            break
-        rows.append(row)
-    return rows
 
 
 def _read_summary(path: Path, problems: list[str]) -> dict[str, Any]:

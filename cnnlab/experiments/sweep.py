@@ -25,10 +25,10 @@ from rich.console import Console
 from cnnlab.config import Config, load_config
 from cnnlab.engine.progress import ConsoleReporter
 from cnnlab.engine.run_folder import RunFolder
-from cnnlab.engine.trainer import train_new, train_resume
 from cnnlab.errors import UserError
 from cnnlab.experiments.plan import PlannedRun, SweepSpec, run_overrides
 from cnnlab.experiments.runs import flatten
+from cnnlab.run.training import train_new, train_resume
 
 try:  # POSIX advisory locks; released by the kernel when the holder dies, even by kill -9
     import fcntl

@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import field_validator
 from torch import nn
 
+from cnnlab.config import Section
 from cnnlab.engine.callbacks import Callback
+from cnnlab.registry import register_method
 
 if TYPE_CHECKING:
     from cnnlab.engine.trainer import Trainer
+
+
+class BNSettings(Section):
+    """BatchNorm momentum policy (config section `bn`): None keeps each layer's own momentum;
+    a float sets it; "dynamic" is 1/(1+n), reset every epoch."""
+
+    momentum: float | Literal["dynamic"] | None = None
+
+    @field_validator("momentum", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> Any:
+        # Checked here so a bad value gets one clear message instead of one per union member.
+        if value is None or value == "dynamic":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ValueError("use a momentum in (0, 1] or 'dynamic'")
+        return float(value)
 
 
 def batch_norms(model: nn.Module) -> Iterator[nn.modules.batchnorm._BatchNorm]:
@@ -48,3 +68,13 @@ class BNMomentum(Callback):
         if self.dynamic:
             for bn in batch_norms(trainer.model):
                 bn.num_batches_tracked.zero_()
+
+
+register_method(
+    "bn_momentum",
+    lambda cfg: [BNMomentum(cfg.bn.momentum)],
+    active=lambda cfg: cfg.bn.momentum is not None,
+    section="bn",
+    settings=BNSettings,
+    doc="BatchNorm momentum: a fixed value or gcr's dynamic 1/(1+n)",
+)

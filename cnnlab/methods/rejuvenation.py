@@ -22,24 +22,47 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from cnnlab.config import Section
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import copy_file_atomic
 from cnnlab.errors import UserError
+from cnnlab.methods.probe import Probe, ProbeResult
 from cnnlab.models.densenet import DenseNet, DenseUnit
 from cnnlab.models.imagenet import ImageNetDenseNet, ImageNetResNet, NRImageNetVGG
 from cnnlab.models.layers import ShortcutA
 from cnnlab.models.nr_layers import SplitConv2d, TwoHeadLinear
 from cnnlab.models.resnet import CifarResNet
 from cnnlab.models.vgg import CifarVGG
+from cnnlab.registry import register_method, register_probe
 
 if TYPE_CHECKING:
-    from cnnlab.config import NRConfig
     from cnnlab.engine.trainer import Trainer
+
+
+class NRSettings(Section):
+    """Neural Rejuvenation (METHODS §2), config section `nr`; `nr.enabled=true` turns it on."""
+
+    enabled: bool = False
+    # lambda of the L1 subgradient on BN scales; the start value under the adaptive schedule.
+    sparsity: float = Field(1e-4, ge=0)
+    sparsity_schedule: Literal["constant", "adaptive"] = "constant"
+    increase_threshold: float = Field(0.01, ge=0)  # adaptive: raise lambda when util fell less
+    increase_step: float = Field(5e-5, ge=0)
+    target: float = Field(0.25, gt=0, le=1)  # >= 0.999 turns NR off
+    live_threshold: float = Field(0.01, gt=0, lt=1)
+    all_dead_threshold: float = Field(1e-3, ge=0)
+    mode: Literal["separate", "cross_attention"] = "separate"
+    flops: bool = False
+    compress_only: bool = False
+    # Neural rescaling (METHODS §2 step 10) once, before the first epoch after the rebuild.
+    bn_target: float | None = Field(None, gt=0)
+
 
 NEW_SCALE = 0.5  # BN scale of rejuvenated channels
 NEW_FC_STD = 0.01  # std of the classifier columns that read new channels
@@ -451,7 +474,7 @@ def separate_mode_params(model: nn.Module, plan: dict[str, Any]) -> int:
 class Rejuvenation(Callback):
     """The Neural Rejuvenation loop: L1 on BN scales, utilisation per epoch, one rebuild."""
 
-    def __init__(self, cfg: NRConfig) -> None:
+    def __init__(self, cfg: NRSettings) -> None:
         self.cfg = cfg
         self.sparsity = cfg.sparsity
         self.previous: float | None = None  # last epoch's utilisation (adaptive schedule)
@@ -464,8 +487,6 @@ class Rejuvenation(Callback):
 
     def on_train_start(self, trainer: Trainer) -> None:
         """Check the model and the options fit, and collect the penalised BN scales."""
-        if trainer.cfg.train.ema_decay:
-            raise UserError("method.name=rejuvenation cannot be combined with train.ema_decay")
         graph = unit_graph(trainer.model)
         model = trainer.model
         self.penalised = [model.get_submodule(u.bn).weight for u in graph.units if not u.fixed]
@@ -552,9 +573,15 @@ class Rejuvenation(Callback):
         # Only the session that rebuilt: resuming afterwards must not overwrite the file; and
         # under torchrun only the rank that writes the run folder.
         if self.compressed_now and trainer.run.writer:
-            name = f"NR_{trainer.cfg.model.name}_{self.cfg.target}.pt"
+            name = f"NR_{trainer.model_name}_{self.cfg.target}.pt"
             copy_file_atomic(trainer.run.last, trainer.run.path / name)
             trainer.run.log(f"nr: saved {name}")
+
+    def on_checkpoint_load(self, trainer: Trainer, state: dict[str, Any]) -> None:
+        """Rebuild the shapes of a checkpoint taken after the rebuild, before its weights load."""
+        if state.get("architecture") is not None:
+            plan = state["architecture"]
+            trainer.reshape_model(apply_architecture(trainer.model, plan), plan)
 
     def state_dict(self) -> dict[str, Any]:
         """Return lambda, the phase, the previous utilisation and whether it rescaled."""
@@ -571,3 +598,45 @@ class Rejuvenation(Callback):
         self.phase = state["phase"]
         self.previous = state["previous"]
         self.rescaled = state.get("rescaled", False)  # absent in checkpoints before bn_target
+
+
+class NRUtilisation(Probe):
+    """Neural Rejuvenation's parameter utilisation (METHODS §2 step 4), where it is defined.
+
+    Per layer: the share of each Conv+BN unit's output channels that are live; summary: the
+    share of conv weights whose input and output channels are both live. Only the networks
+    whose unit graph NR knows (README, Neural Rejuvenation) are measured.
+    """
+
+    name = "nr_utilisation"
+
+    def __init__(self, live_threshold: float) -> None:
+        self.live_threshold = live_threshold
+
+    def measure(self, model: nn.Module, batches: list[torch.Tensor]) -> ProbeResult:
+        """Read the BN scales of every unit; no reading for networks NR does not cover."""
+        # A rebuilt network's split convs hold blocks that separate mode never uses, so NR's
+        # ratio is defined only before the rebuild (NR itself stops measuring there too).
+        if any(isinstance(m, SplitConv2d) for m in model.modules()):
+            return ProbeResult({}, None)
+        try:
+            graph = unit_graph(model)
+        except UserError:
+            return ProbeResult({}, None)  # a network NR does not cover
+        report = inspect_utilisation(model, self.live_threshold)
+        live = report.live_channels(graph)
+        return ProbeResult({k: n / total for k, (n, total) in live.items()}, report.ratio)
+
+
+register_probe("nr_utilisation", lambda settings: NRUtilisation(settings.nr_live_threshold))
+register_method(
+    "nr",
+    lambda cfg: [Rejuvenation(cfg.nr)],
+    active=lambda cfg: cfg.nr.enabled,
+    section="nr",
+    settings=NRSettings,
+    conflicts={
+        "ema": "the rebuild changes the network's shapes, which the weight average cannot follow"
+    },
+    doc="Neural Rejuvenation: sparsify BN scales, rebuild dead channels once, retrain",
+)

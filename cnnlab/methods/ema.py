@@ -6,12 +6,21 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from cnnlab.config import Section
 from cnnlab.engine.callbacks import Callback
+from cnnlab.registry import register_method
 
 if TYPE_CHECKING:
     from cnnlab.engine.trainer import Trainer
+
+
+class EMASettings(Section):
+    """Exponential moving average of the weights (config section `ema`); 0 = off."""
+
+    decay: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class WeightEMA(Callback):
@@ -62,3 +71,13 @@ class WeightEMA(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Keep the saved average until on_train_start has built the copy."""
         self._saved = state["weights"]
+
+
+register_method(
+    "ema",
+    lambda cfg: [WeightEMA(cfg.ema.decay)],
+    active=lambda cfg: cfg.ema.decay > 0,
+    section="ema",
+    settings=EMASettings,
+    doc="exponential moving average of the weights, evaluated beside them",
+)

@@ -9,13 +9,11 @@ eval mode under no_grad, so probing changes neither the training nor its random 
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from cnnlab.analysis.dead import (
@@ -26,38 +24,22 @@ from cnnlab.analysis.dead import (
     fractions,
     pooled_fraction,
 )
+from cnnlab.config import Section
 from cnnlab.engine.callbacks import Callback
-from cnnlab.errors import UserError
-from cnnlab.methods.rejuvenation import inspect_utilisation, unit_graph
-from cnnlab.models.nr_layers import SplitConv2d
+from cnnlab.methods.probe import Probe, ProbeResult
+from cnnlab.registry import PROBES, register_method, register_probe
 
 if TYPE_CHECKING:
-    from cnnlab.config import ProbesConfig
     from cnnlab.engine.trainer import Trainer
 
 
-@dataclass
-class ProbeResult:
-    """One probe's reading: a value per layer and one summary value for the whole model."""
+class ProbesSettings(Section):
+    """Per-epoch dead-unit probes (config section `probes`); cheap, so on by default."""
 
-    per_layer: dict[str, float]
-    summary: float | None
-
-
-class Probe:
-    """A per-epoch measurement; `start`/`step` are for probes that watch the steps between."""
-
-    name = "probe"
-
-    def start(self, model: nn.Module) -> None:
-        """Called at the start of each epoch."""
-
-    def step(self) -> None:
-        """Called after each optimizer step."""
-
-    def measure(self, model: nn.Module, batches: list[torch.Tensor]) -> ProbeResult:
-        """Measure `model` (in eval mode, under no_grad) at the end of an epoch."""
-        raise NotImplementedError
+    enabled: bool = True
+    batch_size: int = Field(256, ge=1)  # training images in the fixed probe batch
+    bn_threshold: float = Field(0.01, gt=0, lt=1)  # dead when |gamma| < this * layer max
+    nr_live_threshold: float = Field(0.01, gt=0, lt=1)  # NR utilisation: live channel rule
 
 
 def _from_counts(counts: dict[str, tuple[int, int]]) -> ProbeResult:
@@ -119,43 +101,9 @@ class FrozenWeights(Probe):
         return _from_counts(self.flips.frozen_counts())
 
 
-class NRUtilisation(Probe):
-    """Neural Rejuvenation's parameter utilisation (METHODS §2 step 4), where it is defined.
-
-    Per layer: the share of each Conv+BN unit's output channels that are live; summary: the
-    share of conv weights whose input and output channels are both live. Only the networks
-    whose unit graph NR knows (README, Neural Rejuvenation) are measured.
-    """
-
-    name = "nr_utilisation"
-
-    def __init__(self, live_threshold: float) -> None:
-        self.live_threshold = live_threshold
-
-    def measure(self, model: nn.Module, batches: list[torch.Tensor]) -> ProbeResult:
-        """Read the BN scales of every unit; no reading for networks NR does not cover."""
-        # A rebuilt network's split convs hold blocks that separate mode never uses, so NR's
-        # ratio is defined only before the rebuild (NR itself stops measuring there too).
-        if any(isinstance(m, SplitConv2d) for m in model.modules()):
-            return ProbeResult({}, None)
-        try:
-            graph = unit_graph(model)
-        except UserError:
-            return ProbeResult({}, None)  # a network NR does not cover
-        report = inspect_utilisation(model, self.live_threshold)
-        live = report.live_channels(graph)
-        return ProbeResult({k: n / total for k, (n, total) in live.items()}, report.ratio)
-
-
-def build_probes(cfg: ProbesConfig) -> list[Probe]:
-    """Return the probes a run measures (a new probe is one more Probe subclass in this list)."""
-    return [
-        DeadReLU(),
-        DeadBN(cfg.bn_threshold),
-        ClampedWeights(),
-        FrozenWeights(),
-        NRUtilisation(cfg.nr_live_threshold),
-    ]
+def build_probes(settings: ProbesSettings) -> list[Probe]:
+    """Return one instance of every registered probe, in registration order."""
+    return [factory(settings) for _, factory in PROBES.items()]
 
 
 def probe_indices(n: int, k: int) -> torch.Tensor:
@@ -167,7 +115,7 @@ def probe_indices(n: int, k: int) -> torch.Tensor:
 class ProbeCallback(Callback):
     """Measures every probe at each epoch end and writes the readings into the epoch row."""
 
-    def __init__(self, cfg: ProbesConfig) -> None:
+    def __init__(self, cfg: ProbesSettings) -> None:
         self.cfg = cfg
         self.probes = build_probes(cfg)
         self.images: torch.Tensor | None = None
@@ -212,20 +160,15 @@ class ProbeCallback(Callback):
         row["probe_seconds"] = self.step_seconds + time.perf_counter() - start
 
 
-def probe_history(target: Path) -> tuple[list[dict[str, Any]], Path]:
-    """Return the metrics rows of a run folder or checkpoint, and the folder they belong to."""
-    from cnnlab.engine.checkpoint import load_checkpoint
-
-    target = Path(target)
-    if target.is_dir():
-        metrics = target / "metrics.jsonl"
-        if not metrics.is_file():
-            raise UserError(f"{target} is not a run folder (it has no metrics.jsonl)")
-        rows = []
-        for number, line in enumerate(metrics.read_text().splitlines(), 1):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(f"{metrics} line {number} is not JSON (truncated?)") from None
-        return rows, target
-    return list(load_checkpoint(target).get("history", [])), target.parent
+register_probe("dead_relu", lambda settings: DeadReLU())
+register_probe("dead_bn", lambda settings: DeadBN(settings.bn_threshold))
+register_probe("clamped_weights", lambda settings: ClampedWeights())
+register_probe("frozen_weights", lambda settings: FrozenWeights())
+register_method(
+    "probes",
+    lambda cfg: [ProbeCallback(cfg.probes)],
+    active=lambda cfg: cfg.probes.enabled,
+    section="probes",
+    settings=ProbesSettings,
+    doc="per-epoch dead-unit probes (every registered probe)",
+)

@@ -1,0 +1,1 @@
+"""From a Config to the objects of a run: data, model, method callbacks and a Trainer."""

@@ -1,0 +1,105 @@
+"""`cnnlab.train(config)`: build a run's data, model, callbacks and Trainer from a Config,
+exactly as `cnnlab train` does, and train it in a run folder (new or resumed)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.config import Config, apply_overrides, dump_config, load_config, validate
+from cnnlab.data.pipeline import DataBundle, build_data
+from cnnlab.data.sources import DatasetInfo
+from cnnlab.engine import distributed
+from cnnlab.engine.callbacks import Callback
+from cnnlab.engine.checkpoint import atomic_write_text, seed_everything
+from cnnlab.engine.run_folder import RunFolder, default_run_dir
+from cnnlab.engine.tensorboard import TensorBoardWriter, tensorboard_available
+from cnnlab.engine.trainer import Trainer, resolve_device
+from cnnlab.registry import METHODS, build_model
+
+
+def method_callbacks(cfg: Config) -> list[Callback]:
+    """Return the callbacks of every method the config switches on, in registration order."""
+    return [cb for _, entry in METHODS.items() if entry.active(cfg) for cb in entry.callbacks(cfg)]
+
+
+def config_callbacks(cfg: Config, writer: bool = True) -> list[Callback]:
+    """Return the methods' callbacks and, where `writer` (rank 0) and it is installed,
+    TensorBoard (after the methods, so that it logs e.g. the probe readings of the row)."""
+    callbacks = method_callbacks(cfg)
+    if writer and tensorboard_available():
+        callbacks.append(TensorBoardWriter())
+    return callbacks
+
+
+def build_run_model(cfg: Config, info: DatasetInfo) -> nn.Module:
+    """Build the config's model for a dataset's channels and classes."""
+    return build_model(
+        cfg.model.name, in_channels=info.channels, num_classes=info.num_classes,
+        **cfg.model.options(),
+    )  # fmt: skip
+
+
+def _rank_warning(rank: int) -> Callable[[str], None] | None:
+    # Messages from the data workers of rank r > 0 say which rank they come from.
+    if rank == 0:
+        return None
+    return lambda line: print(f"[rank {rank}] {line}", file=sys.stderr, flush=True)
+
+
+def build_trainer(
+    cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = (), resume: bool = False
+) -> Trainer:
+    """Return the Trainer of `cfg`: its data, its model (seeded by train.seed), the methods'
+    callbacks (before `callbacks`, so e.g. EMA metrics are in the row reporters see)."""
+    dist = distributed.current()
+    device = distributed.device_for(dist, resolve_device(cfg.train.device))
+    # The model's initial weights derive from train.seed, identical on every rank.
+    seed_everything(cfg.train.seed)
+    data: DataBundle = build_data(cfg, device, dist.rank, dist.world, _rank_warning(dist.rank))
+    model = build_run_model(cfg, data.info)
+    return Trainer(
+        model, data, config=cfg, run_dir=run, resume=resume,
+        callbacks=[*config_callbacks(cfg, run.writer), *callbacks],
+    )  # fmt: skip
+
+
+def train_new(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Start a run of `cfg` in a fresh run folder and train it to the end."""
+    if run.writer:
+        atomic_write_text(run.config, dump_config(cfg))
+    run.log(f"cnnlab run {run.path} | torch {torch.__version__}")
+    return build_trainer(cfg, run, callbacks).fit()
+
+
+def train_resume(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Continue a run from its last.pt (or from scratch if it died before its first checkpoint)."""
+    return build_trainer(cfg, run, callbacks, resume=True).fit()
+
+
+def train(
+    config: Config | dict[str, Any] | str | Path | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    """Train a run described by `config` (a Config, a dict of sections, a recipe path, or None
+    for the default recipe) in run folder `out` (default runs/<name>-<time>), or continue the
+    run folder `resume`; return its summary."""
+    if resume is not None:
+        run = RunFolder.open(Path(resume))
+        return train_resume(load_config(run.config), run, callbacks)
+    if isinstance(config, Config | dict):
+        raw = config.model_dump(mode="json") if isinstance(config, Config) else config
+        cfg = validate(apply_overrides(raw, list(overrides)))
+    else:
+        cfg = load_config(config, list(overrides))
+    run = RunFolder.create(Path(out) if out is not None else default_run_dir(cfg.name))
+    return train_new(cfg, run, callbacks)
