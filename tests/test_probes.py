@@ -17,10 +17,15 @@ from cnnlab.analysis.dead import (
 from cnnlab.config import load_config
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import load_checkpoint
-from cnnlab.engine.probes import NRUtilisation, probe_indices
+from cnnlab.engine.probes import probe_indices
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.trainer import train_new, train_resume
-from cnnlab.methods.rejuvenation import inspect_utilisation, parameter_utilisation, rejuvenate
+from cnnlab.methods.rejuvenation import (
+    NRUtilisation,
+    inspect_utilisation,
+    parameter_utilisation,
+    rejuvenate,
+)
 from cnnlab.models.binary import BinaryConv2d
 from cnnlab.models.preact import PreactResNet
 from cnnlab.models.vgg import CifarVGG

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,8 +29,6 @@ from cnnlab.analysis.dead import (
 )
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import UserError
-from cnnlab.methods.rejuvenation import inspect_utilisation, unit_graph
-from cnnlab.models.nr_layers import SplitConv2d
 
 if TYPE_CHECKING:
     from cnnlab.config import ProbesConfig
@@ -119,43 +118,9 @@ class FrozenWeights(Probe):
         return _from_counts(self.flips.frozen_counts())
 
 
-class NRUtilisation(Probe):
-    """Neural Rejuvenation's parameter utilisation (METHODS §2 step 4), where it is defined.
-
-    Per layer: the share of each Conv+BN unit's output channels that are live; summary: the
-    share of conv weights whose input and output channels are both live. Only the networks
-    whose unit graph NR knows (README, Neural Rejuvenation) are measured.
-    """
-
-    name = "nr_utilisation"
-
-    def __init__(self, live_threshold: float) -> None:
-        self.live_threshold = live_threshold
-
-    def measure(self, model: nn.Module, batches: list[torch.Tensor]) -> ProbeResult:
-        """Read the BN scales of every unit; no reading for networks NR does not cover."""
-        # A rebuilt network's split convs hold blocks that separate mode never uses, so NR's
-        # ratio is defined only before the rebuild (NR itself stops measuring there too).
-        if any(isinstance(m, SplitConv2d) for m in model.modules()):
-            return ProbeResult({}, None)
-        try:
-            graph = unit_graph(model)
-        except UserError:
-            return ProbeResult({}, None)  # a network NR does not cover
-        report = inspect_utilisation(model, self.live_threshold)
-        live = report.live_channels(graph)
-        return ProbeResult({k: n / total for k, (n, total) in live.items()}, report.ratio)
-
-
-def build_probes(cfg: ProbesConfig) -> list[Probe]:
-    """Return the probes a run measures (a new probe is one more Probe subclass in this list)."""
-    return [
-        DeadReLU(),
-        DeadBN(cfg.bn_threshold),
-        ClampedWeights(),
-        FrozenWeights(),
-        NRUtilisation(cfg.nr_live_threshold),
-    ]
+def build_probes(cfg: ProbesConfig, extra: Sequence[Probe] = ()) -> list[Probe]:
+    """Return the generic probes a run measures, then `extra` (probes methods bring)."""
+    return [DeadReLU(), DeadBN(cfg.bn_threshold), ClampedWeights(), FrozenWeights(), *extra]
 
 
 def probe_indices(n: int, k: int) -> torch.Tensor:
@@ -167,9 +132,9 @@ def probe_indices(n: int, k: int) -> torch.Tensor:
 class ProbeCallback(Callback):
     """Measures every probe at each epoch end and writes the readings into the epoch row."""
 
-    def __init__(self, cfg: ProbesConfig) -> None:
+    def __init__(self, cfg: ProbesConfig, extra: Sequence[Probe] = ()) -> None:
         self.cfg = cfg
-        self.probes = build_probes(cfg)
+        self.probes = build_probes(cfg, extra)
         self.images: torch.Tensor | None = None
         self.step_seconds = 0.0
 

@@ -38,7 +38,7 @@ from cnnlab.engine.tensorboard import TensorBoardWriter, tensorboard_available
 from cnnlab.errors import UserError
 from cnnlab.methods.bn_momentum import BNMomentum
 from cnnlab.methods.recu import ReCUSchedule
-from cnnlab.methods.rejuvenation import Rejuvenation, apply_architecture
+from cnnlab.methods.rejuvenation import Rejuvenation, apply_architecture, nr_utilisation_probe
 from cnnlab.registry import build_model, model_entry
 
 CHECKPOINT_FORMAT = 1
@@ -80,7 +80,7 @@ def config_callbacks(cfg: Config, writer: bool = True) -> list[Callback]:
                         f"(e.g. resnet20_1w1a), not {cfg.model.name}")  # fmt: skip
     # Before TensorBoard, so that it logs the probe readings of the row.
     if cfg.probes.enabled:
-        callbacks.append(ProbeCallback(cfg.probes))
+        callbacks.append(ProbeCallback(cfg.probes, [nr_utilisation_probe(cfg.probes)]))
     if writer and tensorboard_available():
         callbacks.append(TensorBoardWriter())
     return callbacks

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.errors import UserError
 from cnnlab.models.layers import check_norm, conv1x1, conv3x3, erased_modules, init_weights, norm2d
+from cnnlab.models.unit_graph import Concat, GraphBuilder, UnitGraph
 from cnnlab.registry import register_variant
 
 
@@ -83,6 +85,10 @@ class DenseUnit(nn.Module):
         lx, ly = self.live_split
         return torch.cat([x[:, :lx], y[:, :ly], x[:, lx:], y[:, ly:]], dim=1)
 
+    def set_live_split(self, live: tuple[int, int]) -> None:
+        """Concatenate survivors and newcomers separately from now on (models/unit_graph.py)."""
+        self.live_split = (int(live[0]), int(live[1]))
+
 
 class Transition(nn.Module):
     """Between dense blocks: norm-ReLU-conv1x1 (or conv-norm-ReLU), then 2x2 average pooling."""
@@ -100,6 +106,35 @@ class Transition(nn.Module):
         """Return the compressed, spatially halved features."""
         # ceil_mode keeps odd maps (a 28x28 input reaches 7x7) from losing their last row.
         return F.avg_pool2d(self.body(x), 2, ceil_mode=True)
+
+
+def dense_unit_graph(
+    stem: tuple[str, nn.Sequential],
+    body: list[tuple[str, nn.Module]],
+    head: nn.Sequential,
+    integer_rate: bool,
+) -> UnitGraph:
+    """Describe a conv-BN-ReLU DenseNet (stem, dense units and transitions) to NR.
+
+    The features at any point are the concatenation of some units' outputs: a dense unit
+    appends its last conv, a transition replaces them by its own conv.
+    """
+    if not isinstance(head[0], nn.AdaptiveAvgPool2d):
+        raise UserError(
+            "rejuvenation needs conv-BN-ReLU DenseNet units (densenet100_k40_nr, densenet121_nr, "
+            "or model.post_activation=true): a pre-activation BN does not gate its conv's outputs"
+        )
+    builder = GraphBuilder()
+    features = builder.chain(stem[1], stem[0], ())
+    concats = []
+    for path, module in body:
+        if isinstance(module, DenseUnit):
+            (branch,) = builder.chain(module.branch, f"{path}.branch", features)
+            concats.append(Concat(path, features, branch))
+            features = (*features, branch)
+        else:
+            features = builder.chain(module.body, f"{path}.body", features)
+    return builder.graph("fc", features, tuple(concats), integer_rate)
 
 
 class DenseNet(nn.Module):
@@ -168,6 +203,11 @@ class DenseNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for a batch of images."""
         return self.fc(self.head(self.blocks(self.stem(x))))
+
+    def unit_graph(self) -> UnitGraph:
+        """Describe the Conv+BN units to NR; NR's CIFAR DenseNet widens by int(sqrt(all/live))."""
+        body = [(f"blocks.{i}", m) for i, m in enumerate(self.blocks)]
+        return dense_unit_graph(("stem", self.stem), body, self.head, integer_rate=True)
 
 
 # Huang et al. 2017, Table 2 (CIFAR): DenseNet L=40 k=12 1.0M, L=100 k=12 7.0M, L=100 k=24 27.2M;
