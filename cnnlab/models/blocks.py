@@ -3,7 +3,8 @@
 `PostActBlock` is a branch plus a shortcut, then the block's ending; the branch builders
 return the conv-norm stacks the families put in it; `post_act_stages` stacks the blocks of
 all stages (stride 2 at the start of every stage but the first, EraseReLU per stage); and
-`post_act_unit_graph` describes such a network to Neural Rejuvenation (models/unit_graph.py).
+`PostActResNet` is stem, stages, pool and classifier, and describes itself to Neural
+Rejuvenation (models/unit_graph.py).
 """
 
 from __future__ import annotations
@@ -72,47 +73,47 @@ class PostActBlock(nn.Module):
         return last
 
 
+def conv_stack(
+    in_ch: int, convs: Sequence[tuple[int, int, int, int]], norm: str, last_norm: bool = True
+) -> nn.Sequential:
+    """Return conv-norm-ReLU per (out channels, kernel 1|3, stride, groups), no ReLU at the end.
+
+    The last conv's norm is an Identity unless `last_norm`.
+    """
+    layers: list[nn.Module] = []
+    for i, (out_ch, kernel, stride, groups) in enumerate(convs):
+        last = i == len(convs) - 1
+        layers.append(
+            conv3x3(in_ch, out_ch, stride, groups)
+            if kernel == 3
+            else conv1x1(in_ch, out_ch, stride)
+        )
+        layers.append(norm2d(norm, out_ch) if last_norm or not last else nn.Identity())
+        if not last:
+            layers.append(nn.ReLU(inplace=True))
+        in_ch = out_ch
+    return nn.Sequential(*layers)
+
+
 def basic_branch(in_ch: int, planes: int, stride: int, norm: str, last_norm: bool) -> nn.Sequential:
     """Return conv3x3 (stride)-norm-ReLU-conv3x3-[norm]."""
-    return nn.Sequential(
-        conv3x3(in_ch, planes, stride),
-        norm2d(norm, planes),
-        nn.ReLU(inplace=True),
-        conv3x3(planes, planes),
-        norm2d(norm, planes) if last_norm else nn.Identity(),
-    )
+    return conv_stack(in_ch, [(planes, 3, stride, 1), (planes, 3, 1, 1)], norm, last_norm)
 
 
 def bottleneck_branch(
     in_ch: int, planes: int, stride: int, norm: str, last_norm: bool
 ) -> nn.Sequential:
     """Return conv1x1-norm-ReLU, conv3x3 (stride)-norm-ReLU, conv1x1 to 4*planes, [norm]."""
-    out_ch = planes * 4
-    return nn.Sequential(
-        conv1x1(in_ch, planes),
-        norm2d(norm, planes),
-        nn.ReLU(inplace=True),
-        conv3x3(planes, planes, stride),
-        norm2d(norm, planes),
-        nn.ReLU(inplace=True),
-        conv1x1(planes, out_ch),
-        norm2d(norm, out_ch) if last_norm else nn.Identity(),
-    )
+    convs = [(planes, 1, 1, 1), (planes, 3, stride, 1), (4 * planes, 1, 1, 1)]
+    return conv_stack(in_ch, convs, norm, last_norm)
 
 
 def grouped_bottleneck(
     in_ch: int, inner: int, out_ch: int, stride: int, groups: int, norm: str
 ) -> nn.Sequential:
     """Return conv1x1-norm-ReLU, grouped conv3x3 (stride)-norm-ReLU, conv1x1-norm (no ReLU)."""
-    return nn.Sequential(
-        conv1x1(in_ch, inner),
-        norm2d(norm, inner),
-        nn.ReLU(inplace=True),
-        conv3x3(inner, inner, stride, groups=groups),
-        norm2d(norm, inner),
-        nn.ReLU(inplace=True),
-        conv1x1(inner, out_ch),
-        norm2d(norm, out_ch),
+    return conv_stack(
+        in_ch, [(inner, 1, 1, 1), (inner, 3, stride, groups), (out_ch, 1, 1, 1)], norm
     )
 
 
@@ -154,12 +155,25 @@ def post_act_stages(
     return nn.Sequential(*blocks), in_ch
 
 
-def post_act_unit_graph(
-    stem: nn.Sequential, stages: nn.Sequential, classifier: str = "fc"
-) -> UnitGraph:
-    """Describe stem conv-norm + stages of PostActBlocks + classifier to NR; the stem is fixed."""
-    builder = GraphBuilder()
-    (block_input,) = builder.chain(stem, "stem", (), fixed_last=True)
-    for b, block in enumerate(stages):
-        block_input = block.add_units(builder, f"stages.{b}", block_input)
-    return builder.graph(classifier, (block_input,))
+class PostActResNet(nn.Module):
+    """stem -> stages of PostActBlocks -> global average pool -> fc; subclasses build them."""
+
+    stem: nn.Sequential
+    stages: nn.Sequential
+
+    def set_head(self, in_ch: int, num_classes: int) -> None:
+        """Add the global average pool and the linear classifier."""
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits for a batch of images."""
+        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+    def unit_graph(self) -> UnitGraph:
+        """Describe the Conv+BN units to Neural Rejuvenation; the stem is fixed."""
+        builder = GraphBuilder()
+        (block_input,) = builder.chain(self.stem, "stem", (), fixed_last=True)
+        for b, block in enumerate(self.stages):
+            block_input = block.add_units(builder, f"stages.{b}", block_input)
+        return builder.graph("fc", (block_input,))

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from cnnlab.models.blocks import (
+    PostActResNet,
     basic_branch,
     grouped_bottleneck,
     post_act_stages,
-    post_act_unit_graph,
 )
 from cnnlab.models.densenet import DenseUnit, Transition, dense_unit_graph
 from cnnlab.models.layers import check_norm, erased_modules, init_weights, norm2d, relu
@@ -47,7 +47,7 @@ def _imagenet_stem(in_channels: int, width: int, norm: str) -> nn.Sequential:
     )
 
 
-class ImageNetResNet(nn.Module):
+class ImageNetResNet(PostActResNet):
     """ResNet-18/34/50/101/152 and ResNeXt (cardinality x base_width), post-activation."""
 
     def __init__(
@@ -94,8 +94,7 @@ class ImageNetResNet(nn.Module):
             erase_relu_ratio=erase_relu_ratio if erase_relu else None,
             se=se_reduction if se else 0,
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.set_head(in_ch, num_classes)
 
         init_weights(self, "fan_out")
         self.fc.reset_parameters()  # torchvision keeps nn.Linear's default init for the head
@@ -103,14 +102,6 @@ class ImageNetResNet(nn.Module):
             # Goyal et al. 2017: each block starts as the identity, which eases early training.
             for unit in self.stages:
                 nn.init.zeros_(unit.branch[-1].weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return class logits for a batch of images."""
-        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
-
-    def unit_graph(self) -> UnitGraph:
-        """Describe the Conv+BN units to Neural Rejuvenation (models/unit_graph.py)."""
-        return post_act_unit_graph(self.stem, self.stages)
 
 
 class ImageNetVGG(nn.Module):

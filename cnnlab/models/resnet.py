@@ -6,21 +6,19 @@ EraseReLU (METHODS §1) removes the ReLU after the addition in the chosen blocks
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from cnnlab.models.blocks import (
+    PostActResNet,
     basic_branch,
     bottleneck_branch,
     post_act_stages,
-    post_act_unit_graph,
 )
-from cnnlab.models.layers import check_norm, conv3x3, init_weights, norm2d, stage_blocks
-from cnnlab.models.unit_graph import UnitGraph
+from cnnlab.models.layers import check_norm, conv3x3, init_weights, norm2d, residual_blocks
 from cnnlab.registry import register_variant
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(PostActResNet):
     """CIFAR ResNet: stem conv-norm-ReLU, three stages (16/32/64 x width), pool, FC."""
 
     def __init__(
@@ -41,11 +39,9 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         check_norm(norm)
-        if block not in ("basic", "bottleneck"):
-            raise ValueError(f"block must be 'basic' or 'bottleneck', got '{block}'")
-        expansion = 1 if block == "basic" else 4
-        n = stage_blocks(depth, 2 if block == "basic" else 3, f"ResNet ({block})")
-        make = basic_branch if block == "basic" else bottleneck_branch
+        bottleneck, n = residual_blocks(depth, block, "ResNet")
+        expansion = 4 if bottleneck else 1
+        make = bottleneck_branch if bottleneck else basic_branch
 
         def make_branch(stage: int, in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
             return make(in_ch, out_ch // expansion, stride, norm, last_norm=not bn_after_add)
@@ -64,17 +60,8 @@ class CifarResNet(nn.Module):
             bn_after_add=bn_after_add,
             se=se_reduction if se else 0,
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.set_head(in_ch, num_classes)
         init_weights(self, "fan_out")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return class logits for a batch of images."""
-        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
-
-    def unit_graph(self) -> UnitGraph:
-        """Describe the Conv+BN units to Neural Rejuvenation (models/unit_graph.py)."""
-        return post_act_unit_graph(self.stem, self.stages)
 
 
 # He et al. 2016, Table 6 (CIFAR-10, option A shortcuts): 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M.

@@ -6,17 +6,16 @@ the ReLU after the addition in the chosen blocks, as in the post-activation ResN
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from cnnlab.models.blocks import grouped_bottleneck, post_act_stages
+from cnnlab.models.blocks import PostActResNet, grouped_bottleneck, post_act_stages
 from cnnlab.models.layers import check_norm, conv3x3, init_weights, norm2d
 from cnnlab.registry import register_variant
 
 EXPANSION = 4
 
 
-class CifarResNeXt(nn.Module):
+class CifarResNeXt(PostActResNet):
     """ResNeXt-29 for 32x32 inputs: stem conv-norm-ReLU, three stages of bottlenecks, pool, FC."""
 
     def __init__(
@@ -56,13 +55,8 @@ class CifarResNeXt(nn.Module):
             erase_relu_ratio=erase_relu_ratio if erase_relu else None,
             se=se_reduction if se else 0,
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.set_head(in_ch, num_classes)
         init_weights(self, "fan_out")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return class logits for a batch of images."""
-        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
 
 
 # Xie et al. 2017, Table 7 (CIFAR): 8x64d 34.4M, 16x64d 68.1M. The paper gives no count for
