@@ -21,7 +21,7 @@ from cnnlab.models.blocks import (
     grouped_bottleneck,
     post_act_stages,
 )
-from cnnlab.models.densenet import DenseUnit, Transition, dense_unit_graph
+from cnnlab.models.dense_blocks import DenseUnit, Transition, dense_unit_graph
 from cnnlab.models.layers import check_norm, erased_modules, init_weights, norm2d, relu
 from cnnlab.models.unit_graph import GraphBuilder, UnitGraph
 from cnnlab.registry import register_variant
