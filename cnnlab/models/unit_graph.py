@@ -79,7 +79,7 @@ class SplitsConcat(Protocol):
 
 @dataclass
 class GraphBuilder:
-    """Collects units in forward order; `add` and `chain` return the index of the last unit."""
+    """Collects units in forward order (`add` one, or `chain` the conv-BN pairs of a Sequential)."""
 
     units: list[Unit] = field(default_factory=list)
 
