@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import UserError
-from cnnlab.models.densenet import DenseUnit
+from cnnlab.models.dense_blocks import DenseUnit
 from cnnlab.models.imagenet import ImageNetDenseNet, ImageNetResNet, ImageNetVGG
 from cnnlab.models.resnext import CifarResNeXt
 from cnnlab.models.shake_shake import (

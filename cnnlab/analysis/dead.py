@@ -71,10 +71,20 @@ def dead_relu_counts(model: nn.Module, batches: Iterable[torch.Tensor]) -> Count
     return {k: (int((~a).sum()), a.numel()) for k, a in alive.items()}
 
 
-def dead_scale_mask(gamma: torch.Tensor, rel: float = 0.01) -> torch.Tensor:
-    """Return which channels have |gamma| < rel * max|gamma| (all dead if every gamma is 0)."""
+def dead_scale_mask(
+    gamma: torch.Tensor, rel: float = 0.01, wholly_dead_below: float = 0.0
+) -> torch.Tensor:
+    """Return which channels of one norm layer are dead by their scales (NR's rule, METHODS §2).
+
+    Channel c is dead if |gamma_c| < rel * max|gamma|; every channel is dead if max|gamma| is 0
+    or below `wholly_dead_below` (NR's all_dead_thres, 1e-3 in its code; 0 for the probes).
+    Neural Rejuvenation and the dead_bn probe both use this rule.
+    """
     g = gamma.detach().abs()
-    return g < rel * g.max() if g.max() > 0 else torch.ones_like(g, dtype=torch.bool)
+    top = g.max()
+    if top <= 0 or top < wholly_dead_below:
+        return torch.ones_like(g, dtype=torch.bool)
+    return g < rel * top
 
 
 def dead_bn_counts(model: nn.Module, rel: float = 0.01) -> Counts:

@@ -19,87 +19,12 @@ post-activation unit -- in round(ratio*n) units of each block, spread evenly, la
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.models.layers import check_norm, conv1x1, conv3x3, erased_modules, init_weights, norm2d
+from cnnlab.models.dense_blocks import DenseUnit, Transition, dense_unit_graph
+from cnnlab.models.layers import check_norm, conv3x3, erased_modules, init_weights, norm2d
+from cnnlab.models.unit_graph import UnitGraph
 from cnnlab.registry import register_variant
-
-
-def _unit_layers(
-    in_ch: int, growth: int, bottleneck: bool, norm: str, post: bool, erase: bool, dropout: float
-) -> list[nn.Module]:
-    """Return the layers of one dense unit's new-feature branch, in order."""
-    widths = (
-        [(in_ch, 4 * growth, 1), (4 * growth, growth, 3)] if bottleneck else [(in_ch, growth, 3)]
-    )
-    layers: list[nn.Module] = []
-    for i, (cin, cout, k) in enumerate(widths):
-        conv = conv3x3(cin, cout) if k == 3 else conv1x1(cin, cout)
-        last = i == len(widths) - 1
-        if post:
-            # conv-norm-ReLU; the ReLU ends the unit, so it is the one EraseReLU removes.
-            act = nn.Identity() if last and erase else nn.ReLU(inplace=True)
-            layers += [conv, norm2d(norm, cout), act]
-        else:
-            # Not in place on the unit's input: with norm='none' it would overwrite the features
-            # that the concatenation keeps.
-            act = nn.Identity() if last and erase else nn.ReLU(inplace=i > 0)
-            layers += [norm2d(norm, cin), act, conv]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-    return layers
-
-
-class DenseUnit(nn.Module):
-    """One dense unit: compute `growth` new channels and concatenate them to the input."""
-
-    def __init__(
-        self,
-        in_ch: int,
-        growth: int,
-        bottleneck: bool,
-        norm: str,
-        post_activation: bool,
-        erase_last_relu: bool,
-        dropout: float,
-    ) -> None:
-        super().__init__()
-        self.branch = nn.Sequential(
-            *_unit_layers(
-                in_ch, growth, bottleneck, norm, post_activation, erase_last_relu, dropout
-            )
-        )
-        # Set by Neural Rejuvenation (METHODS §2 step 9): (survivors in x, survivors in branch(x)).
-        # Survivors and newcomers are concatenated separately, so every feature map stays
-        # [all survivors, all newcomers], the layout the split convs expect.
-        self.live_split: tuple[int, int] | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return [x, branch(x)] along the channel axis (survivors first after rejuvenation)."""
-        y = self.branch(x)
-        if self.live_split is None:
-            return torch.cat([x, y], dim=1)
-        lx, ly = self.live_split
-        return torch.cat([x[:, :lx], y[:, :ly], x[:, lx:], y[:, ly:]], dim=1)
-
-
-class Transition(nn.Module):
-    """Between dense blocks: norm-ReLU-conv1x1 (or conv-norm-ReLU), then 2x2 average pooling."""
-
-    def __init__(self, in_ch: int, out_ch: int, norm: str, post_activation: bool) -> None:
-        super().__init__()
-        if post_activation:
-            layers = [conv1x1(in_ch, out_ch), norm2d(norm, out_ch), nn.ReLU(inplace=True)]
-        else:
-            # The block output is a fresh concatenation, so an in-place ReLU is safe here.
-            layers = [norm2d(norm, in_ch), nn.ReLU(inplace=True), conv1x1(in_ch, out_ch)]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the compressed, spatially halved features."""
-        # ceil_mode keeps odd maps (a 28x28 input reaches 7x7) from losing their last row.
-        return F.avg_pool2d(self.body(x), 2, ceil_mode=True)
 
 
 class DenseNet(nn.Module):
@@ -168,6 +93,11 @@ class DenseNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for a batch of images."""
         return self.fc(self.head(self.blocks(self.stem(x))))
+
+    def unit_graph(self) -> UnitGraph:
+        """Describe the Conv+BN units to NR; NR's CIFAR DenseNet widens by int(sqrt(all/live))."""
+        body = [(f"blocks.{i}", m) for i, m in enumerate(self.blocks)]
+        return dense_unit_graph(("stem", self.stem), body, self.head, integer_rate=True)
 
 
 # Huang et al. 2017, Table 2 (CIFAR): DenseNet L=40 k=12 1.0M, L=100 k=12 7.0M, L=100 k=24 27.2M;

@@ -15,17 +15,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cnnlab.models.densenet import DenseUnit, Transition
-from cnnlab.models.layers import (
-    check_norm,
-    erased_modules,
-    init_weights,
-    norm2d,
-    relu,
-    shortcut,
+from cnnlab.models.blocks import (
+    PostActResNet,
+    basic_branch,
+    grouped_bottleneck,
+    post_act_stages,
 )
-from cnnlab.models.resnet import _basic_branch, _PostActBlock
-from cnnlab.models.resnext import grouped_bottleneck
+from cnnlab.models.dense_blocks import DenseUnit, Transition, dense_unit_graph
+from cnnlab.models.layers import check_norm, erased_modules, init_weights, norm2d, relu
+from cnnlab.models.unit_graph import GraphBuilder, UnitGraph
 from cnnlab.registry import register_variant
 
 RESNET_LAYOUTS = {
@@ -49,7 +47,7 @@ def _imagenet_stem(in_channels: int, width: int, norm: str) -> nn.Sequential:
     )
 
 
-class ImageNetResNet(nn.Module):
+class ImageNetResNet(PostActResNet):
     """ResNet-18/34/50/101/152 and ResNeXt (cardinality x base_width), post-activation."""
 
     def __init__(
@@ -79,47 +77,31 @@ class ImageNetResNet(nn.Module):
             raise ValueError("zero_init_residual needs a norm layer to zero (norm='bn' or 'gn')")
         expansion = 1 if block == "basic" else 4
 
+        def make_branch(stage: int, in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+            planes = out_ch // expansion
+            if block == "basic":
+                return basic_branch(in_ch, planes, stride, norm, last_norm=True)
+            # torchvision's width rule: int(planes * base_width / 64) * groups.
+            inner = int(planes * base_width / 64) * cardinality
+            return grouped_bottleneck(in_ch, inner, out_ch, stride, cardinality, norm)
+
         self.stem = _imagenet_stem(in_channels, 64, norm)
-        blocks: list[_PostActBlock] = []
-        in_ch = 64
-        for stage, count in enumerate(layout):
-            planes = 64 * 2**stage
-            out_ch = planes * expansion
-            erased = erased_modules(count, erase_relu_ratio) if erase_relu else set()
-            for i in range(count):
-                stride = 2 if stage > 0 and i == 0 else 1
-                if block == "basic":
-                    branch = _basic_branch(in_ch, planes, stride, norm, last_norm=True)
-                else:
-                    # torchvision's width rule: int(planes * base_width / 64) * groups.
-                    inner = int(planes * base_width / 64) * cardinality
-                    branch = grouped_bottleneck(in_ch, inner, out_ch, stride, cardinality, norm)
-                blocks.append(
-                    _PostActBlock(
-                        branch,
-                        shortcut("B", in_ch, out_ch, stride, norm),
-                        out_ch,
-                        norm,
-                        final_relu=i not in erased,
-                        bn_after_add=False,
-                        se=se_reduction if se else 0,
-                    )
-                )
-                in_ch = out_ch
-        self.stages = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.stages, in_ch = post_act_stages(
+            64,
+            [(count, 64 * 2**stage * expansion) for stage, count in enumerate(layout)],
+            make_branch,
+            norm,
+            erase_relu_ratio=erase_relu_ratio if erase_relu else None,
+            se=se_reduction if se else 0,
+        )
+        self.set_head(in_ch, num_classes)
 
         init_weights(self, "fan_out")
         self.fc.reset_parameters()  # torchvision keeps nn.Linear's default init for the head
         if zero_init_residual:
             # Goyal et al. 2017: each block starts as the identity, which eases early training.
-            for unit in blocks:
+            for unit in self.stages:
                 nn.init.zeros_(unit.branch[-1].weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return class logits for a batch of images."""
-        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
 
 
 class ImageNetVGG(nn.Module):
@@ -235,6 +217,11 @@ class NRImageNetVGG(nn.Module):
         """Return class logits for a batch of images."""
         return self.fc(self.head(self.features(x)))
 
+    def unit_graph(self) -> UnitGraph:
+        """Describe the Conv+BN units to Neural Rejuvenation: a chain."""
+        builder = GraphBuilder()
+        return builder.graph("fc", builder.chain(self.features, "features", ()))
+
 
 class ImageNetDenseNet(nn.Module):
     """DenseNet-BC for ImageNet: 7x7 stem, the CIFAR family's bottleneck units and transitions.
@@ -302,6 +289,12 @@ class ImageNetDenseNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for a batch of images."""
         return self.fc(self.head(self.features(x)))
+
+    def unit_graph(self) -> UnitGraph:
+        """Describe the Conv+BN units to NR; NR's ImageNet DenseNet widens by sqrt(all/live)."""
+        body = [(f"features.{i}", m) for i, m in enumerate(self.features) if i > 0]
+        stem = ("features.0", self.features[0])
+        return dense_unit_graph(stem, body, self.head, integer_rate=False)
 
 
 # Parameter counts (1000 classes) equal torchvision's documented num_params exactly: resnet18

@@ -128,3 +128,11 @@ def stage_blocks(depth: int, per_block_layers: int, name: str) -> int:
             f"{6 * per_block_layers + 2}), got {depth}"
         )
     return n
+
+
+def residual_blocks(depth: int, block: str, name: str) -> tuple[bool, int]:
+    """Check `block` (basic | bottleneck); return (bottleneck?, blocks per stage) for `depth`."""
+    if block not in ("basic", "bottleneck"):
+        raise ValueError(f"block must be 'basic' or 'bottleneck', got '{block}'")
+    bottleneck = block == "bottleneck"
+    return bottleneck, stage_blocks(depth, 3 if bottleneck else 2, f"{name} ({block})")

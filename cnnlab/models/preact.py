@@ -22,7 +22,7 @@ from cnnlab.models.layers import (
     init_weights,
     norm2d,
     relu,
-    stage_blocks,
+    residual_blocks,
 )
 from cnnlab.registry import register_variant
 
@@ -99,12 +99,9 @@ class PreactResNet(nn.Module):
     ) -> None:
         super().__init__()
         check_norm(norm)
-        if block not in ("basic", "bottleneck"):
-            raise ValueError(f"block must be 'basic' or 'bottleneck', got '{block}'")
         if len(preact_stage) != 3:
             raise ValueError(f"preact_stage needs 3 flags, got {list(preact_stage)}")
-        bottleneck = block == "bottleneck"
-        n = stage_blocks(depth, 3 if bottleneck else 2, f"pre-activation ResNet ({block})")
+        bottleneck, n = residual_blocks(depth, block, "pre-activation ResNet")
         erased = erased_modules(n, erase_relu_ratio) if erase_relu else set()
 
         self.stem = conv3x3(in_channels, base_width)

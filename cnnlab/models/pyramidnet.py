@@ -26,7 +26,7 @@ from cnnlab.models.layers import (
     erased_modules,
     init_weights,
     norm2d,
-    stage_blocks,
+    residual_blocks,
 )
 from cnnlab.registry import register_variant
 
@@ -113,10 +113,7 @@ class PyramidNet(nn.Module):
     ) -> None:
         super().__init__()
         check_norm(norm)
-        if block not in ("basic", "bottleneck"):
-            raise ValueError(f"block must be 'basic' or 'bottleneck', got '{block}'")
-        bottleneck = block == "bottleneck"
-        n = stage_blocks(depth, 3 if bottleneck else 2, f"PyramidNet ({block})")
+        bottleneck, n = residual_blocks(depth, block, "PyramidNet")
         if alpha < 0:
             raise ValueError(f"PyramidNet alpha must be >= 0, got {alpha}")
         if erase_relu and not bottleneck:

@@ -6,44 +6,16 @@ the ReLU after the addition in the chosen blocks, as in the post-activation ResN
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from cnnlab.models.layers import (
-    check_norm,
-    conv1x1,
-    conv3x3,
-    erased_modules,
-    init_weights,
-    norm2d,
-    shortcut,
-)
-from cnnlab.models.resnet import _PostActBlock
+from cnnlab.models.blocks import PostActResNet, grouped_bottleneck, post_act_stages
+from cnnlab.models.layers import check_norm, conv3x3, init_weights, norm2d
 from cnnlab.registry import register_variant
 
 EXPANSION = 4
 
 
-def grouped_bottleneck(
-    in_ch: int, inner: int, out_ch: int, stride: int, groups: int, norm: str
-) -> nn.Sequential:
-    """Return conv1x1-norm-ReLU, grouped conv3x3 (stride)-norm-ReLU, conv1x1-norm (no ReLU).
-
-    Shared with the ImageNet ResNe(X)t, which also puts the stride on the 3x3.
-    """
-    return nn.Sequential(
-        conv1x1(in_ch, inner),
-        norm2d(norm, inner),
-        nn.ReLU(inplace=True),
-        conv3x3(inner, inner, stride, groups=groups),
-        norm2d(norm, inner),
-        nn.ReLU(inplace=True),
-        conv1x1(inner, out_ch),
-        norm2d(norm, out_ch),
-    )
-
-
-class CifarResNeXt(nn.Module):
+class CifarResNeXt(PostActResNet):
     """ResNeXt-29 for 32x32 inputs: stem conv-norm-ReLU, three stages of bottlenecks, pool, FC."""
 
     def __init__(
@@ -67,39 +39,24 @@ class CifarResNeXt(nn.Module):
             raise ValueError(f"ResNeXt depth must be 9n+2 (e.g. 29), got {depth}")
         if cardinality < 1 or base_width < 1:
             raise ValueError("cardinality and base_width must be positive")
-        erased = erased_modules(n, erase_relu_ratio) if erase_relu else set()
+
+        def make_branch(stage: int, in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+            inner = cardinality * base_width * 2**stage  # 512/1024/2048 for 8x64d
+            return grouped_bottleneck(in_ch, inner, out_ch, stride, cardinality, norm)
 
         self.stem = nn.Sequential(
             conv3x3(in_channels, stem_width), norm2d(norm, stem_width), nn.ReLU(inplace=True)
         )
-        blocks: list[nn.Module] = []
-        in_ch = stem_width
-        for stage in range(3):
-            inner = cardinality * base_width * 2**stage  # 512/1024/2048 for 8x64d
-            out_ch = stem_width * EXPANSION * 2**stage  # 256/512/1024
-            for i in range(n):
-                stride = 2 if stage > 0 and i == 0 else 1
-                branch = grouped_bottleneck(in_ch, inner, out_ch, stride, cardinality, norm)
-                blocks.append(
-                    _PostActBlock(
-                        branch,
-                        shortcut("B", in_ch, out_ch, stride, norm),
-                        out_ch,
-                        norm,
-                        final_relu=i not in erased,
-                        bn_after_add=False,
-                        se=se_reduction if se else 0,
-                    )
-                )
-                in_ch = out_ch
-        self.stages = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.stages, in_ch = post_act_stages(
+            stem_width,
+            [(n, stem_width * EXPANSION * 2**stage) for stage in range(3)],  # 256/512/1024
+            make_branch,
+            norm,
+            erase_relu_ratio=erase_relu_ratio if erase_relu else None,
+            se=se_reduction if se else 0,
+        )
+        self.set_head(in_ch, num_classes)
         init_weights(self, "fan_out")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return class logits for a batch of images."""
-        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
 
 
 # Xie et al. 2017, Table 7 (CIFAR): 8x64d 34.4M, 16x64d 68.1M. The paper gives no count for

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cnnlab.models.layers import check_norm, erased_modules, init_weights, norm2d
+from cnnlab.models.unit_graph import GraphBuilder, UnitGraph
 from cnnlab.registry import register_variant
 
 POOL = "M"
@@ -101,6 +102,11 @@ class CifarVGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for a batch of images."""
         return self.fc(self.head(self.features(x)))
+
+    def unit_graph(self) -> UnitGraph:
+        """Describe the Conv+BN units to Neural Rejuvenation: a chain."""
+        builder = GraphBuilder()
+        return builder.graph("fc", builder.chain(self.features, "features", ()))
 
 
 # hysts' vgg15 has no published parameter count; pytorch-classification's README lists its
