@@ -26,7 +26,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.data.augment import BatchAugment, to_model_input
 from cnnlab.data.folder import Samples
-from cnnlab.data.loader import Batch, epoch_generator, epoch_rng, eval_shard, rank_slice
+from cnnlab.data.loader import (
+    Batch,
+    BatchLoader,
+    epoch_generator,
+    epoch_rng,
+    eval_shard,
+    rank_slice,
+)
 from cnnlab.data.mixing import BatchMixer
 from cnnlab.errors import UserError
 
@@ -219,7 +226,7 @@ class EpochBatches(Sampler):
             yield [(i, self.epoch) for i in batch]
 
 
-class FolderLoader:
+class FolderLoader(BatchLoader):
     """Training or evaluation batches of an image folder, same interface as InMemoryLoader."""
 
     def __init__(
@@ -242,20 +249,11 @@ class FolderLoader:
         warn: Callable[[str], None] | None = None,
         still_view: ImageView | None = None,
     ) -> None:
-        if train and batch_size % world:
-            raise ValueError(f"batch size {batch_size} does not split over {world} processes")
+        super().__init__(mean, std, batch_size, device, train, augment, mixer, seed, dtype, rank,
+                         world)  # fmt: skip
         self.paths = PathTable(samples.paths)
         self.num_images = len(samples)
-        self.batch_size = batch_size
-        self.device = device
-        self.train = train
-        self.augment = augment or BatchAugment()
-        self.mixer = mixer
-        self.seed, self.rank, self.world = seed, rank, world
-        self.dtype = dtype
         self.bad_images = bad_images
-        self.mean = torch.tensor(mean, device=device, dtype=dtype)
-        self.inv_std = 1.0 / torch.tensor(std, device=device, dtype=dtype)
         self.skipped: dict[str, str] = {}
         self.notes: list[str] = []
         self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))

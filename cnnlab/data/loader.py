@@ -56,7 +56,38 @@ def eval_shard(n: int, rank: int, world: int) -> range:
     return range(rank, n, world)
 
 
-class InMemoryLoader:
+class BatchLoader:
+    """What both loaders share: the (global) batch and its split over the ranks, the device,
+    normalisation, the training-batch augmentation and mixing, and the seed of their streams."""
+
+    def __init__(
+        self,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        augment: BatchAugment | None,
+        mixer: BatchMixer | None,
+        seed: int,
+        dtype: torch.dtype,
+        rank: int,
+        world: int,
+    ) -> None:
+        if train and batch_size % world:
+            raise ValueError(f"batch size {batch_size} does not split over {world} processes")
+        self.batch_size = batch_size
+        self.device = device
+        self.train = train
+        self.augment = augment or BatchAugment()
+        self.mixer = mixer
+        self.seed, self.rank, self.world = seed, rank, world
+        self.dtype = dtype
+        self.mean = torch.tensor(mean, device=device, dtype=dtype)
+        self.inv_std = 1.0 / torch.tensor(std, device=device, dtype=dtype)
+
+
+class InMemoryLoader(BatchLoader):
     """Batches from uint8 NHWC images held on `device`; augments on the device when training."""
 
     def __init__(
@@ -75,9 +106,8 @@ class InMemoryLoader:
         rank: int = 0,
         world: int = 1,
     ) -> None:
-        if train and batch_size % world:
-            raise ValueError(f"batch size {batch_size} does not split over {world} processes")
-        self.rank, self.world = rank, world
+        super().__init__(mean, std, batch_size, device, train, augment, mixer, seed, dtype, rank,
+                         world)  # fmt: skip
         if not train and world > 1:
             # Evaluation shards the split; the ranks' sums are added up by the caller.
             keep = torch.as_tensor(eval_shard(len(labels), rank, world), dtype=torch.long)
@@ -87,15 +117,6 @@ class InMemoryLoader:
         self.labels = labels.to(device)
         if train or world == 1:
             self.num_images = len(labels)
-        self.batch_size = batch_size
-        self.device = device
-        self.train = train
-        self.augment = augment or BatchAugment()
-        self.mixer = mixer
-        self.seed = seed
-        self.dtype = dtype
-        self.mean = torch.tensor(mean, device=device, dtype=dtype)
-        self.inv_std = 1.0 / torch.tensor(std, device=device, dtype=dtype)
 
     def __len__(self) -> int:
         """Return this rank's batches per epoch (training drops the ragged last batch)."""
