@@ -130,12 +130,22 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(500, ge=1)
     seed: int = 0
     eval_every: int = Field(1, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto", True, False] = "auto"
     device: str = "auto"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # Under torchrun: BatchNorm statistics over the global batch (GPUs only).
     sync_bn: bool = False
+    # GPU speed and reproducibility (docs/gpu.md): torch.compile of the model, cuDNN's
+    # algorithm search, TF32 (null keeps torch's defaults), deterministic algorithms.
+    compile: bool = False
+    cudnn_benchmark: bool = True
+    tf32: bool | None = None
+    deterministic: bool = False
+    # Per-epoch work at intervals (the last epoch always does it); a kill loses up to
+    # checkpoint_every epochs.
+    checkpoint_every: int = Field(1, ge=1)
+    plot_every: int = Field(1, ge=1)
 
 
 # The optimizer-specific keys each optimizer takes, with its default for each. A key left out

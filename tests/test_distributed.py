@@ -30,8 +30,7 @@ RUN_ARGS = [
     "train.device=cpu",
     "augment.crop_padding=2",
 ]
-RUN_FILES = {"config.yaml", "metrics.jsonl", "log.txt", "last.pt", "best.pt", "summary.json",
-             "curves.png"}  # fmt: skip
+RUN_FILES = {"config.yaml", "metrics.jsonl", "log.txt", "last.pt", "summary.json", "curves.png"}
 
 
 def _loader(world: int, rank: int, train: bool) -> InMemoryLoader:
@@ -86,7 +85,7 @@ def test_torchrun_two_processes_learn_write_one_run_folder_and_resume_exactly(tm
     # What a kill during epoch 2 leaves behind: nothing is written mid-epoch, so a copy of the
     # folder as epoch 1 left it is exactly that state. Resume it while the whole run goes on.
     stopped.mkdir()
-    for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "log.txt"):
+    for name in ("config.yaml", "last.pt", "metrics.jsonl", "log.txt"):
         shutil.copy2(whole / name, stopped / name)
     assert load_checkpoint(stopped / "last.pt")["epoch"] == 1
     resumed = _torchrun("--resume", str(stopped), cwd=tmp_path)

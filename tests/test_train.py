@@ -20,9 +20,9 @@ def test_a_short_real_run_learns_and_fills_its_run_folder(tmp_path, capsys):
     assert str(run) in out.splitlines()[-1]  # the run folder's path is printed at the end
 
     names = {p.name for p in run.iterdir()}
-    expected = {"config.yaml", "metrics.jsonl", "log.txt", "last.pt", "best.pt", "summary.json",
-                "curves.png"}  # fmt: skip
+    expected = {"config.yaml", "metrics.jsonl", "log.txt", "last.pt", "summary.json", "curves.png"}
     assert expected <= names
+    assert "best.pt" not in names  # no validation split: last.pt is the only checkpoint
     rows = read_metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     for key in ("lr", "train_loss", "train_error", "test_loss", "test_error", "test_top5_error",

@@ -55,21 +55,29 @@ def test_dynamic_bn_momentum_is_the_epoch_average_and_resets():
     trainer = SimpleNamespace(model=net)
     policy = BNMomentum("dynamic")
     policy.on_train_start(trainer)
-    assert bn.momentum is None
+    # torch's own cumulative average (momentum=None), which reads the counter on the host.
+    reference = bn_net().train()
+    reference[1].momentum = None
     torch.manual_seed(1)
     batches = [torch.randn(8, 1, 6, 6) * (i + 1) + i for i in range(3)]
     for epoch in (1, 2):
         policy.on_epoch_start(trainer, epoch)
+        reference[1].num_batches_tracked.zero_()
         means, variances = [], []
         for x in batches[: 4 - epoch]:
             features = net[0](x)
             means.append(features.mean((0, 2, 3)))
             variances.append(features.var((0, 2, 3), unbiased=True))
             net(x)
+            reference(x)
+            policy.on_step_end(trainer, 0, None)
         # momentum 1/(1+n) before batch n: the running stats are plain averages over the epoch.
         assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
         assert torch.allclose(bn.running_var, torch.stack(variances).mean(0), atol=1e-4)
         assert bn.num_batches_tracked.item() == len(means)
+        # The host-set factor is the very float torch computes: same statistics, bit for bit.
+        assert torch.equal(bn.running_mean, reference[1].running_mean)
+        assert torch.equal(bn.running_var, reference[1].running_var)
 
 
 def test_fixed_bn_momentum_is_set_on_every_batchnorm():

@@ -9,6 +9,7 @@ in, which the loader makes per epoch, so a resumed run draws the same augmentati
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -146,6 +147,12 @@ def random_erasing(
     return torch.where(mask, value, x)
 
 
+@functools.lru_cache(maxsize=8)
+def _fill_tensor(fill: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    # Built and copied to the device once, not at every step (a host-to-device copy each).
+    return torch.tensor(fill, device=device)
+
+
 @dataclass(frozen=True)
 class BatchAugment:
     """The per-image augmentations of a training batch, in order; each off at its default.
@@ -207,7 +214,7 @@ class BatchAugment:
         if self.cutout_size and self.cutout_prob:
             x = cutout(x, self.cutout_size, self.cutout_prob, generator)
         if self.erase_prob:
-            fill = torch.tensor(self.erase_fill) if self.erase_fill is not None else None
+            fill = _fill_tensor(self.erase_fill, x.device) if self.erase_fill is not None else None
             x = random_erasing(
                 x, self.erase_prob, self.erase_area, self.erase_min_aspect,
                 self.erase_attempts, fill, generator,

@@ -48,7 +48,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint with weights_only=True; a missing or corrupt file is a UserError."""
     if not Path(path).is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        hint = ""
+        if Path(path).name == "best.pt" and Path(path).with_name("last.pt").is_file():
+            hint = "; a run without a validation split writes no best.pt: use last.pt"
+        raise UserError(f"checkpoint {path} does not exist{hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
@@ -56,7 +59,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def rng_state() -> dict[str, Any]:
-    """Capture torch (CPU and CUDA), numpy and python RNG states in weights_only-safe types."""
+    """Capture torch (CPU and the current CUDA device's), numpy and python RNG states in
+    weights_only-safe types. Only the current device: each process trains on one GPU, and a
+    run resumed where fewer GPUs are visible must still load."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -64,7 +69,7 @@ def rng_state() -> dict[str, Any]:
         "python": list(random.getstate()),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -76,7 +81,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, list):  # older checkpoints kept every visible device's state
+            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda)
 
 
 def seed_everything(seed: int) -> None:

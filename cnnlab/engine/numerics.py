@@ -1,12 +1,19 @@
-"""Precision (fp32 / bf16 autocast) and memory format, chosen by measurement when 'auto'.
+"""Precision (fp32 / bf16 / fp16 autocast) and memory format, chosen by measurement when 'auto'.
 
 bf16 is several times faster than fp32 on CPUs with native bf16 units and GPUs, and several
 times *slower* on CPUs without them, so 'auto' times a few training steps of the real model
-in each candidate and keeps the fastest. On the CPU, 'auto' leaves channels_last out: with
-torch 2.13's CPU kernels a channels_last network with narrow layers ran about 25x slower and,
-now and then, crashed the process (segfault or abort) inside the convolution. The verdict is
-cached per machine, torch version, model and batch shape in ~/.cache/cnnlab/numerics.json,
-so later runs skip the measurement.
+in each candidate and keeps the fastest. On the CPU the candidates are fp32 and bf16 (fp16
+is only taken when asked for: it needs loss scaling and torch 2.13's CPU fp16 kernels are
+slower than bf16 here), at min(batch, 64). On CUDA they are fp32, bf16 (where the GPU has
+it), fp16, each with and without channels_last, timed at the real per-rank batch with CUDA
+events after warm-up steps under the run's cudnn.benchmark, so that the batch people train
+with decides (a small batch is launch-bound on a GPU and would favour fp32).
+
+On the CPU, 'auto' leaves channels_last out: with torch 2.13's CPU kernels a channels_last
+network with narrow layers ran about 25x slower and, now and then, crashed the process
+(segfault or abort) inside the convolution. The verdict is cached per machine, torch
+version, model and batch shape in ~/.cache/cnnlab/numerics.json, so later runs skip the
+measurement.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from torch import nn
 CACHE_FILE = (
     Path(os.environ.get("CNNLAB_CACHE", Path.home() / ".cache" / "cnnlab")) / "numerics.json"
 )
-PROBE_BATCH = 64
+PROBE_BATCH = 64  # the CPU probe's batch cap (a CPU's speed ratio barely moves with batch)
+CUDA_WARMUP_STEPS = 5
+CUDA_TIMED_STEPS = 20
 
 
 @dataclass
@@ -59,8 +68,8 @@ class Numerics:
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """Return the autocast context for this precision on `device`."""
-        enabled = self.precision == "bf16"
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device.type, dtype=dtype, enabled=self.precision != "fp32")
 
 
 def bf16_usable(device: torch.device) -> bool:
@@ -68,6 +77,13 @@ def bf16_usable(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu"
+
+
+def precision_candidates(device: torch.device) -> list[str]:
+    """Return the precisions 'auto' may time on `device` (fp16 only on GPUs)."""
+    if device.type == "cuda":
+        return ["fp32"] + ["bf16"] * bf16_usable(device) + ["fp16"]
+    return ["fp32"] + ["bf16"] * bf16_usable(device)
 
 
 def channels_last_candidates(device: torch.device) -> list[bool]:
@@ -85,7 +101,9 @@ def _images_per_second(
     model: nn.Module, numerics: Numerics, shape: tuple[int, ...], device: torch.device
 ) -> float:
     model = copy.deepcopy(model).to(device=device, memory_format=numerics.memory_format)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    cuda = device.type == "cuda"
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=cuda or None)
+    scaler = torch.amp.GradScaler(device.type) if numerics.precision == "fp16" else None
     x = numerics.layout(torch.randn(shape, device=device))
     y = torch.zeros(shape[0], dtype=torch.long, device=device)
 
@@ -93,18 +111,32 @@ def _images_per_second(
         with numerics.autocast(device):
             loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
-    step()  # warm-up: allocations, kernel selection
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    steps, start = 0, time.perf_counter()
-    while steps < 2 or (time.perf_counter() - start < 0.5 and steps < 20):
+    if not cuda:
+        step()  # warm-up: allocations, kernel selection
+        steps, start = 0, time.perf_counter()
+        while steps < 2 or (time.perf_counter() - start < 0.5 and steps < 20):
+            step()
+            steps += 1
+        return steps * shape[0] / (time.perf_counter() - start)
+    # CUDA: warm-up steps let cudnn.benchmark pick its algorithms and the allocator settle;
+    # events time the device's work, not the host's queueing.
+    for _ in range(CUDA_WARMUP_STEPS):
         step()
-        steps += 1
-    sync()
-    return steps * shape[0] / (time.perf_counter() - start)
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(CUDA_TIMED_STEPS):
+        step()
+    end.record()
+    end.synchronize()
+    return CUDA_TIMED_STEPS * shape[0] / (begin.elapsed_time(end) / 1000.0)
 
 
 def choose_numerics(
@@ -117,12 +149,13 @@ def choose_numerics(
     channels_last: str | bool,
 ) -> Numerics:
     """Resolve 'auto' precision / channels_last by timing the candidates (cached)."""
-    precisions = [precision] if precision != "auto" else ["fp32"] + ["bf16"] * bf16_usable(device)
+    precisions = [precision] if precision != "auto" else precision_candidates(device)
     layouts = [channels_last] if channels_last != "auto" else channels_last_candidates(device)
     candidates = [Numerics(p, bool(c)) for p in precisions for c in layouts]
     if len(candidates) == 1:
         return candidates[0]
-    shape = (min(batch_size, PROBE_BATCH), *input_shape)
+    probe_batch = batch_size if device.type == "cuda" else min(batch_size, PROBE_BATCH)
+    shape = (probe_batch, *input_shape)
     c_labels = ",".join(c.label for c in candidates)
     key = "|".join(
         [_device_name(device), f"torch {torch.__version__}", model_key, str(shape), c_labels]

@@ -33,9 +33,9 @@ from cnnlab.config import (
 from cnnlab.data.datasets import Splits, load
 from cnnlab.data.pipeline import DataBundle, make_loaders
 from cnnlab.engine import distributed
+from cnnlab.engine.backends import apply_backend_policy
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import (
-    copy_file_atomic,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -43,10 +43,10 @@ from cnnlab.engine.checkpoint import (
     set_rng_state,
 )
 from cnnlab.engine.evaluate import evaluate
-from cnnlab.engine.losses import combine_heads, multi_head_loss
 from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict
 from cnnlab.engine.optim import Schedule, build_optimizer
 from cnnlab.engine.run_folder import RunFolder
+from cnnlab.engine.step import EpochClock, make_scaler, train_step
 from cnnlab.errors import UserError
 
 CHECKPOINT_FORMAT = 1
@@ -175,6 +175,8 @@ class Trainer:
         self.elapsed_before = 0.0  # wall seconds spent by earlier sessions of a resumed run
         self.numerics = Numerics()
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scaler: torch.amp.GradScaler | None = None  # fp16 loss scaling
+        self.backends: dict[str, Any] = {}  # cudnn.benchmark, TF32, determinism in force
         self._started = False  # start_fresh or restore has run
         # Set by methods that reshape the network (Neural Rejuvenation); saved in checkpoints
         # so resume and `cnnlab eval` rebuild the same shapes before loading the weights.
@@ -227,8 +229,15 @@ class Trainer:
             self.model, note = distributed.convert_sync_bn(self.model, self.dist, self.device)
             self.run.log(note)
         self.model.to(device=self.device, memory_format=numerics.memory_format)
-        self.optimizer = build_optimizer(self.model, self.cfg.optim)
+        self.optimizer = build_optimizer(
+            self.model, self.cfg.optim, fused=self.device.type == "cuda"
+        )
+        self.scaler = make_scaler(numerics.precision, self.device)
         self.train_model = distributed.wrap_model(self.model, self.dist, self.device)
+        if self.cfg.train.compile:
+            # The steps go through the compiled module; self.model stays the plain one, so
+            # checkpoints, evaluation and EMA see the usual parameter names.
+            self.train_model = torch.compile(self.train_model)
 
     def _numerics_key(self) -> str:
         if self.from_config:
@@ -267,6 +276,8 @@ class Trainer:
         )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         by_rank = state.get("rng_by_rank") or [state["rng"]]
         if len(by_rank) == self.dist.world:
             set_rng_state(by_rank[self.dist.rank])
@@ -304,6 +315,7 @@ class Trainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_state(),
             "history": self.history,
             "best": self.best,
@@ -341,6 +353,11 @@ class Trainer:
         """Start fresh, or with resume=True restore run_dir's last checkpoint (a run that died
         before its first checkpoint starts fresh)."""
         self.log_setup()
+        t = self.cfg.train
+        self.backends = apply_backend_policy(
+            self.device, t.cudnn_benchmark, t.tf32, t.deterministic
+        )
+        self.run.log(f"backends: {self.backends}" + (", torch.compile" if t.compile else ""))
         if self.resume and self.run.last.exists():
             self.restore(load_checkpoint(self.run.last))
             if self.epoch >= self.total_epochs and self.run.summary.exists():
@@ -365,23 +382,19 @@ class Trainer:
         check_every = 1 if self.device.type == "cpu" else 25
         checked = 0
         smoothing = self.cfg.train.label_smoothing
-        start = time.perf_counter()
+        clock = EpochClock(self.device)
+        clock.start()
         for i, batch in enumerate(loader.epoch(epoch)):
             self.lr = self.schedule.apply(opt, self.step - self.extra_epochs * self.steps_per_epoch)
-            with self.numerics.autocast(self.device):
-                logits = model(self.numerics.layout(batch.images))
             soft = batch.targets is not None
             targets = batch.targets if soft else batch.labels
-            loss = multi_head_loss(logits, targets, smoothing)
-            logits = combine_heads(logits)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for cb in self.callbacks:
-                cb.on_before_step(self)
-            opt.step()
-            losses[i] = loss.detach()
+            out = train_step(
+                model, opt, self.numerics, self.scaler, batch.images, targets, smoothing,
+                self._before_step,
+            )  # fmt: skip
+            losses[i] = out.loss
             # Under mixing, a prediction counts as right when it names the dominant label.
-            correct += (logits.argmax(1) == (targets.argmax(1) if soft else targets)).sum()
+            correct += (out.logits.argmax(1) == (targets.argmax(1) if soft else targets)).sum()
             self.step += 1
             shown = None
             if (i + 1) % check_every == 0 or i + 1 == steps:
@@ -400,7 +413,7 @@ class Trainer:
                 shown = float(losses[i])
             for cb in self.callbacks:
                 cb.on_step_end(self, self.step, shown)
-        seconds = time.perf_counter() - start
+        seconds = clock.seconds()
         seen = steps * self.cfg.train.batch_size  # the global batch, over all ranks
         mean_loss = losses.mean()
         if self.dist.active:
@@ -413,6 +426,10 @@ class Trainer:
             "seconds": seconds,
             "images_per_s": seen / seconds,
         }
+
+    def _before_step(self) -> None:
+        for cb in self.callbacks:
+            cb.on_before_step(self)
 
     def _evaluate(self, model: nn.Module) -> dict[str, dict[str, float]]:
         out = {}
@@ -437,10 +454,11 @@ class Trainer:
                 cb.on_eval_end(self, split, metrics)
 
     def _note_best(self, row: dict[str, Any]) -> bool:
-        """Record whether this epoch is the new best; chosen on the validation split only."""
+        """Record whether this epoch is the new best; chosen on the validation split only
+        (without one the best is the last epoch, and best.pt is not written: it is last.pt)."""
         if self.data.val is None:
             self.best = {"epoch": row["epoch"], "chosen_by": "last epoch (no validation split)"}
-            return True
+            return False
         if "val_error" in row and row["val_error"] < self.best.get("val_error", float("inf")):
             self.best = {"epoch": row["epoch"], "val_error": row["val_error"], "chosen_by": "val"}
             return True
@@ -481,19 +499,30 @@ class Trainer:
             self.history.append(row)
             is_best = self._note_best(row)
             self._log_data_notes()
-            state = self.checkpoint_state()
-            if self.run.writer:
-                save_checkpoint(self.run.last, state)
-                if is_best:
-                    copy_file_atomic(self.run.last, self.run.best)
-                self.run.write_metrics(self.history)
-                title = f"{cfg.name}: {self.model_name} on {self.data.info.name}"
-                plot_run_curves(self.history, self.run.curves, title)
+            self._save_epoch(epoch, is_best)
         summary = self.summary()
         self.run.write_summary(summary)
         for cb in self.callbacks:
             cb.on_train_end(self, summary)
         return summary
+
+    def _save_epoch(self, epoch: int, is_best: bool) -> None:
+        """Write the epoch's metrics, and at their intervals (always at the last epoch) the
+        checkpoint and the curves; a new best by validation error is saved to best.pt."""
+        t, last_epoch = self.cfg.train, epoch == self.total_epochs or self.stop_requested
+        checkpoint = last_epoch or epoch % t.checkpoint_every == 0
+        if checkpoint or is_best:
+            state = self.checkpoint_state()  # a collective under DDP: every rank calls it
+        if not self.run.writer:
+            return
+        if checkpoint:
+            save_checkpoint(self.run.last, state)
+        if is_best:
+            save_checkpoint(self.run.best, state)
+        self.run.write_metrics(self.history)
+        if last_epoch or epoch % t.plot_every == 0:
+            title = f"{self.cfg.name}: {self.model_name} on {self.data.info.name}"
+            plot_run_curves(self.history, self.run.curves, title)
 
     def summary(self) -> dict[str, Any]:
         """Return the run's final metrics, size, cost, speed and environment."""
@@ -509,8 +538,12 @@ class Trainer:
             "seed": self.cfg.train.seed,
             "final": final,
             "best": self.best,
-            "protocol": "final metrics at the last epoch; best.pt "
-            + ("chosen on the validation split" if self.data.val else "is the last epoch"),
+            "protocol": "final metrics at the last epoch; "
+            + (
+                "best.pt chosen on the validation split"
+                if self.data.val
+                else "no best.pt (no validation split): last.pt is the last epoch"
+            ),
             "params": self.params,
             "flops": self.flops if self.run.writer else self._flops,
             "wall_seconds": self.elapsed_before + time.perf_counter() - self.started,
@@ -518,6 +551,8 @@ class Trainer:
             "test_images_per_s": last.get("test_images_per_s"),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "numerics": numerics_dict(self.numerics),
+            "backends": self.backends,
+            "compile": self.cfg.train.compile,
             "device": str(self.device),
             "processes": self.dist.world,
             "global_batch": self.cfg.train.batch_size,

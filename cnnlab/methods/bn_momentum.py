@@ -44,14 +44,18 @@ class BNMomentum(Callback):
     """Sets every BatchNorm's momentum: a float, or "dynamic" (METHODS §6).
 
     Dynamic: before the n-th batch of an epoch (n from 0) the momentum is 1/(1+n), so the
-    running statistics are the plain average over the epoch so far. PyTorch does exactly this
-    with momentum=None (factor 1/num_batches_tracked after its increment); zeroing
-    num_batches_tracked at each epoch start gives the reset. The counters live in the model's
-    state, so a run resumed at an epoch boundary continues exactly.
+    running statistics are the plain average over the epoch so far. PyTorch's momentum=None
+    computes the same factor as 1/num_batches_tracked, but reads that counter on the host at
+    every BatchNorm of every step (a GPU sync each); so the factor is set here from a host
+    count of the epoch's steps instead, the same float. num_batches_tracked is still zeroed at
+    each epoch start (on the device), so the model's state is as with momentum=None and a run
+    resumed at an epoch boundary continues exactly.
     """
 
     def __init__(self, policy: float | str) -> None:
         self.policy = policy
+        self.layers: list[nn.modules.batchnorm._BatchNorm] = []
+        self.steps = 0  # steps taken in this epoch
 
     @property
     def dynamic(self) -> bool:
@@ -61,13 +65,24 @@ class BNMomentum(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
         """Set the momentum of every BatchNorm layer."""
         for bn in batch_norms(trainer.model):
-            bn.momentum = None if self.dynamic else float(self.policy)
+            bn.momentum = 1.0 if self.dynamic else float(self.policy)
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         """Restart the cumulative average (dynamic policy only)."""
         if self.dynamic:
-            for bn in batch_norms(trainer.model):
+            # Collected per epoch: a method may have swapped the model at the last epoch end.
+            self.layers = list(batch_norms(trainer.model))
+            self.steps = 0
+            for bn in self.layers:
                 bn.num_batches_tracked.zero_()
+                bn.momentum = 1.0
+
+    def on_step_end(self, trainer: Trainer, step: int, loss: float | None) -> None:
+        """Set the next batch's factor 1/(1+n) (dynamic policy only)."""
+        if self.dynamic:
+            self.steps += 1
+            for bn in self.layers:
+                bn.momentum = 1.0 / (1 + self.steps)
 
 
 register_method(

@@ -37,6 +37,7 @@ class ProbesSettings(Section):
     """Per-epoch dead-unit probes (config section `probes`); cheap, so on by default."""
 
     enabled: bool = True
+    every: int = Field(1, ge=1)  # measure every N epochs (and at the last)
     batch_size: int = Field(256, ge=1)  # training images in the fixed probe batch
     bn_threshold: float = Field(0.01, gt=0, lt=1)  # dead when |gamma| < this * layer max
     nr_live_threshold: float = Field(0.01, gt=0, lt=1)  # NR utilisation: live channel rule
@@ -120,20 +121,29 @@ class ProbeCallback(Callback):
         self.probes = build_probes(cfg)
         self.images: torch.Tensor | None = None
         self.step_seconds = 0.0
+        self.active = True  # this epoch is measured (probes.every)
 
     def on_train_start(self, trainer: Trainer) -> None:
         """Fix the probe batch: evenly spaced training images, normalised, not augmented."""
         loader = trainer.data.train
         self.images = loader.fixed_images(probe_indices(loader.num_images, self.cfg.batch_size))
 
+    def _measures(self, trainer: Trainer, epoch: int) -> bool:
+        return epoch % self.cfg.every == 0 or epoch == trainer.total_epochs
+
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        """Let step-watching probes take their starting point."""
+        """Let step-watching probes take their starting point (in measured epochs only)."""
         self.step_seconds = 0.0
+        self.active = self._measures(trainer, epoch)
+        if not self.active:
+            return
         for probe in self.probes:
             probe.start(trainer.model)
 
     def on_step_end(self, trainer: Trainer, step: int, loss: float | None) -> None:
         """Let step-watching probes see the update."""
+        if not self.active:
+            return
         start = time.perf_counter()
         for probe in self.probes:
             probe.step()
@@ -141,6 +151,8 @@ class ProbeCallback(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
         """Measure and add probe_<name>, probes{...} and probe_seconds to the row."""
+        if not self.active:
+            return
         start = time.perf_counter()
         model, numerics = trainer.model, trainer.numerics
         was_training = model.training

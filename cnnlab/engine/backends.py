@@ -1,0 +1,51 @@
+"""Process-wide backend policy of a run: cudnn.benchmark, TF32 and deterministic algorithms.
+
+These are torch globals, so a run sets only what its config asks for and reports the values in
+force (summary.json `backends`, log.txt), whatever set them:
+- `train.cudnn_benchmark` (default true): cuDNN times its convolution algorithms for each new
+  input shape and keeps the fastest; the batch shape is fixed within a run, so this pays after
+  the first steps. Off under `train.deterministic`.
+- `train.tf32` (default null = torch's own defaults: TF32 in cuDNN convolutions, full fp32 in
+  matmuls): true or false sets both. Only fp32 runs on Ampere or newer GPUs are affected.
+- `train.deterministic` (default false): torch.use_deterministic_algorithms (warn_only: an op
+  with no deterministic kernel warns instead of stopping the run), cudnn.deterministic, and
+  CUBLAS_WORKSPACE_CONFIG=:4096:8 when unset (cuBLAS needs it for reproducible matmuls; it must
+  be set before cuBLAS starts, so it is set before the model is placed). Costs speed on GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def apply_backend_policy(
+    device: torch.device, cudnn_benchmark: bool, tf32: bool | None, deterministic: bool
+) -> dict[str, Any]:
+    """Set the run's backend globals and return the values in force, for summary and log."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
+        if tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+    return backend_state()
+
+
+def backend_state() -> dict[str, Any]:
+    """Return the backend globals that decide GPU speed and reproducibility."""
+    return {
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
