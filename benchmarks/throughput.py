@@ -1,12 +1,16 @@
 """Training throughput, measured side by side in one process, for each model and precision.
 
 (a) floor:        forward + backward + SGD step on one resident batch (no data work at all);
-(b) cnnlab:       the real training loop (batched augmentation, schedule, metrics, probes,
-                  logging, checkpoint) via cnnlab's Trainer, timed over its training steps;
+(b) cnnlab steps: cnnlab's Trainer (batched augmentation, schedule, loss checks, callbacks'
+                  step hooks), timed over the training steps of its second epoch only;
+(e) cnnlab epoch: the same epoch's training images over its whole wall time: the steps plus
+                  the test pass, probes, metrics, checkpoint and plot that follow it;
 (c) conventional: a typical script: torch DataLoader with per-image pad/crop/flip/normalise in
                   2 worker processes, loss.item() every step.
 Also (d), the evaluation images/s of cnnlab's loop (the test pass after the epoch). Prints
-images/s and the ratios b/a (how close the loop is to the floor) and b/c.
+images/s and the ratios b/a (how close the steps are to the floor) and b/c. The floor and
+cnnlab's loop run the same step (cnnlab/engine/step.py: autocast, GradScaler for fp16).
+--compile puts torch.compile on the floor's model and train.compile=true on the loop.
 
 Cases: preact_resnet20 on real Fashion-MNIST (1x28x28) and resnet20 on CIFAR-10 (3x32x32).
 CIFAR-10 is read from --cifar-root when given; otherwise random images are written in the
@@ -14,12 +18,14 @@ exact CIFAR-10 python format to a temporary folder (only the speed is measured, 
 pixels do not matter). Each phase runs for about --seconds, so slow precisions (bf16 on a
 CPU without bf16 units) finish too.
 
-    python benchmarks/throughput.py [--precisions fp32,bf16] [--seconds 20] [--cifar-root DIR]
+    python benchmarks/throughput.py [--precisions fp32,bf16,fp16] [--seconds 20] [--batch 128]
+        [--compile] [--cifar-root DIR] [--models preact_resnet20:fashion_mnist] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 import tempfile
 import time
@@ -33,22 +39,24 @@ from torch.utils.data import DataLoader, Dataset
 from cnnlab.config import load_config
 from cnnlab.data.download import PICKLE_LAYOUT
 from cnnlab.data.sources import dataset_info, load_split
+from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.numerics import Numerics
 from cnnlab.engine.run_folder import RunFolder
+from cnnlab.engine.step import make_scaler, train_step
 from cnnlab.engine.trainer import resolve_device
 from cnnlab.registry import build_model
 from cnnlab.run.training import build_trainer
 
-BATCH = 128
-
 
 @dataclass(frozen=True)
 class Case:
-    """One model on one dataset."""
+    """One model on one dataset, at a batch size, compiled or not."""
 
     model: str
     data: str
     root: str | None = None
+    batch: int = 128
+    compile: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -57,18 +65,37 @@ class Case:
         return (info.channels, *info.image_size)
 
 
-def write_random_cifar10(root: Path, seed: int = 0) -> None:
-    """Write random images as the official CIFAR-10 python batches (5 x 10,000 + 10,000)."""
+CIFAR10_CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog",
+                   b"horse", b"ship", b"truck"]  # fmt: skip
+
+
+def write_cifar10(root: Path, seed: int = 0, learnable: bool = False) -> None:
+    """Write synthetic images as the official CIFAR-10 python batches (5 x 10,000 + 10,000,
+    the same keys and batches.meta). Random pixels and labels by default (for speed only);
+    `learnable`: each image is its class's fixed smooth pattern plus noise, so a net learns it."""
     layout = PICKLE_LAYOUT["cifar10"]
     folder = root / layout.folder
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
+    # Per class a pattern of 4x4 random colour blocks, upsampled to 32x32.
+    patterns = np.repeat(np.repeat(rng.uniform(0, 255, (10, 3, 4, 4)), 8, axis=2), 8, axis=3)
     for name in (*layout.splits["train"], *layout.splits["test"]):
+        labels = rng.integers(0, 10, size=10000)
+        if learnable:
+            noise = rng.uniform(-80, 80, size=(10000, 3, 32, 32))
+            pixels = np.clip(patterns[labels] * 0.6 + 50 + noise, 0, 255).astype(np.uint8)
+            data = pixels.reshape(10000, 3 * 32 * 32)
+        else:
+            data = rng.integers(0, 256, size=(10000, 3 * 32 * 32), dtype=np.uint8)
         batch = {
-            b"data": rng.integers(0, 256, size=(10000, 3 * 32 * 32), dtype=np.uint8),
-            b"labels": rng.integers(0, 10, size=10000).tolist(),
+            b"batch_label": f"synthetic {name}".encode(),
+            b"labels": labels.tolist(),
+            b"data": data,
+            b"filenames": [f"synthetic_{name}_{i}.png".encode() for i in range(10000)],
         }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"label_names": CIFAR10_CLASSES, b"num_cases_per_batch": 10000, b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
 
 
 class Stepper:
@@ -80,25 +107,25 @@ class Stepper:
         self.numerics = numerics
         self.model = build_model(case.model, in_channels=case.shape[0])
         self.model.to(device=self.device, memory_format=numerics.memory_format)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+        self.train_model = torch.compile(self.model) if case.compile else self.model
+        cuda = self.device.type == "cuda"
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                                   fused=cuda or None)  # fmt: skip
+        self.scaler = make_scaler(numerics.precision, self.device)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward, backward and SGD update on one batch; return the loss (not synchronised)."""
-        with self.numerics.autocast(self.device):
-            logits = self.model(self.numerics.layout(x)).float()
-            loss = torch.nn.functional.cross_entropy(logits, y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss
+        out = train_step(self.train_model, self.opt, self.numerics, self.scaler, x, y, 0.0,
+                         lambda: None)  # fmt: skip
+        return out.loss
 
 
 def floor(case: Case, numerics: Numerics, seconds: float) -> float:
     """Images/s of the bare training step on one resident batch."""
     stepper = Stepper(case, numerics)
     device = stepper.device
-    x = numerics.layout(torch.randn(BATCH, *case.shape, device=device))
-    y = torch.randint(0, 10, (BATCH,), device=device)
+    x = numerics.layout(torch.randn(case.batch, *case.shape, device=device))
+    y = torch.randint(0, 10, (case.batch,), device=device)
     for _ in range(3):
         stepper.step(x, y)
     _sync(device)
@@ -107,7 +134,7 @@ def floor(case: Case, numerics: Numerics, seconds: float) -> float:
         stepper.step(x, y)
         steps += 1
     _sync(device)
-    return steps * BATCH / (time.perf_counter() - start)
+    return steps * case.batch / (time.perf_counter() - start)
 
 
 def _sync(device: torch.device) -> None:
@@ -115,26 +142,49 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def cnnlab_loop(case: Case, numerics: Numerics, images: int) -> tuple[float, float]:
-    """Train/eval images/s of cnnlab's Trainer in the second of two epochs on `images` images."""
+class EpochWall(Callback):
+    """Wall time from the start of the last epoch to the end of the run (its eval, probes,
+    checkpoint and plot included)."""
+
+    def __init__(self) -> None:
+        self.start = self.seconds = 0.0
+
+    def on_epoch_start(self, trainer: object, epoch: int) -> None:
+        """Note the epoch's start."""
+        _sync(trainer.device)
+        self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: object, summary: dict) -> None:
+        """Note the run's end."""
+        _sync(trainer.device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def cnnlab_loop(case: Case, numerics: Numerics, images: int) -> tuple[float, float, float]:
+    """Step, whole-epoch and eval images/s of cnnlab's Trainer in the second of two epochs on
+    `images` images."""
     overrides = [
         f"model.name={case.model}",
         f"data.name={case.data}",
         f"data.train_limit={images}",
-        f"data.test_limit={max(BATCH, images // 4)}",
+        f"data.test_limit={max(case.batch, images // 4)}",
         "train.epochs=2",
-        f"train.batch_size={BATCH}",
+        "train.eval_every=1",
+        f"train.batch_size={case.batch}",
         f"train.precision={numerics.precision}",
         f"train.channels_last={str(numerics.channels_last).lower()}",
+        f"train.compile={str(case.compile).lower()}",
     ]
     if case.root:
         overrides.append(f"data.root={case.root}")
     cfg = load_config(None, overrides)
+    wall = EpochWall()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(cfg, RunFolder.create(Path(tmp) / "run"))
+        trainer = build_trainer(cfg, RunFolder.create(Path(tmp) / "run"), callbacks=[wall])
         trainer.fit()
         row = trainer.history[-1]
-        return row["images_per_s"], row["test_images_per_s"]
+        trained = trainer.steps_per_epoch * case.batch
+        return row["images_per_s"], trained / wall.seconds, row["test_images_per_s"]
 
 
 class PerImage(Dataset):
@@ -164,7 +214,8 @@ def conventional(case: Case, numerics: Numerics, images: int) -> float:
     """Images/s of a DataLoader loop with 2 workers, timed after its first 5 steps."""
     data = load_split(case.data, "train", case.root)
     dataset = PerImage(data.images[:images], data.labels[:images], case.data)
-    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=2, drop_last=True)
+    loader = DataLoader(dataset, batch_size=case.batch, shuffle=True, num_workers=2,
+                        drop_last=True)  # fmt: skip
     stepper = Stepper(case, numerics)
     seen, start = 0, time.perf_counter()
     for i, (x, y) in enumerate(loader):
@@ -176,20 +227,26 @@ def conventional(case: Case, numerics: Numerics, images: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def measure(case: Case, numerics: Numerics, seconds: float) -> dict[str, float]:
+def measure(
+    case: Case, numerics: Numerics, seconds: float, conventional_too: bool = True
+) -> dict[str, float | None]:
     """Measure (a) .. (d) for one case and numerics; phases sized to about `seconds` each."""
     a = floor(case, numerics, seconds)
     # Enough images for ~`seconds` of training at the floor, at least 10 steps.
-    images = max(10 * BATCH, round(a * seconds / BATCH) * BATCH)
-    b, d = cnnlab_loop(case, numerics, images)
-    c = conventional(case, numerics, images + 5 * BATCH)
-    return {"a": a, "b": b, "c": c, "d": d, "images": images}
+    images = max(10 * case.batch, round(a * seconds / case.batch) * case.batch)
+    b, e, d = cnnlab_loop(case, numerics, images)
+    c = conventional(case, numerics, images + 5 * case.batch) if conventional_too else None
+    return {"a": a, "b": b, "e": e, "c": c, "d": d, "images": images}
 
 
 def main() -> None:
     """Measure every case in every precision and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated")
+    parser.add_argument("--batch", type=int, default=128, help="training batch size")
+    parser.add_argument("--compile", action="store_true", help="torch.compile floor and loop")
+    parser.add_argument("--no-conventional", action="store_true", help="skip (c)")
+    parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--seconds", type=float, default=20.0, help="per phase (a), (b), (c)")
     parser.add_argument("--cifar-root", help="folder with real CIFAR-10 (default: random images)")
     parser.add_argument("--models", default="preact_resnet20:fashion_mnist,resnet20:cifar10",
@@ -197,9 +254,11 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device("auto")
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
-          f"batch {BATCH}, channels-first")  # fmt: skip
-    print("| model | input | precision | (a) floor | (b) cnnlab loop | (c) conventional "
-          "| b/a | b/c | (d) cnnlab eval |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+          f"batch {args.batch}, channels-first, compile {args.compile}")  # fmt: skip
+    print("| model | input | precision | (a) floor | (b) cnnlab steps | (e) cnnlab epoch "
+          "| (c) conventional | b/a | b/c | (d) cnnlab eval |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         for pair in args.models.split(","):
             model, data = pair.split(":")
@@ -207,15 +266,22 @@ def main() -> None:
             if data == "cifar10" and root is None:
                 root = tmp
                 if not (Path(tmp) / PICKLE_LAYOUT["cifar10"].folder).exists():
-                    write_random_cifar10(Path(tmp))
-            case = Case(model, data, root)
+                    write_cifar10(Path(tmp))
+            case = Case(model, data, root, args.batch, args.compile)
             for precision in args.precisions.split(","):
-                r = measure(case, Numerics(precision, False), args.seconds)
+                numerics = Numerics(precision, False)
+                r = measure(case, numerics, args.seconds, not args.no_conventional)
                 shape = "x".join(map(str, case.shape))
                 source = "random" if data == "cifar10" and not args.cifar_root else "real"
+                c, b_c = (f"{r['c']:.0f}", f"{r['b'] / r['c']:.2f}") if r["c"] else ("-", "-")
                 print(f"| {model} | {shape} {data} ({source}) | {precision} | {r['a']:.0f} "
-                      f"| {r['b']:.0f} | {r['c']:.0f} | {r['b'] / r['a']:.2f} "
-                      f"| {r['b'] / r['c']:.2f} | {r['d']:.0f} |", flush=True)  # fmt: skip
+                      f"| {r['b']:.0f} | {r['e']:.0f} | {c} | {r['b'] / r['a']:.2f} | {b_c} "
+                      f"| {r['d']:.0f} |", flush=True)  # fmt: skip
+                results.append({"model": model, "data": data, "source": source,
+                                "precision": precision, "batch": args.batch,
+                                "compile": args.compile, **r})  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ what runs on the CPU is tested here; the CUDA-only checks skip without a GPU."""
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 import cnnlab
 from cnnlab.datasets import from_tensors
 from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.sync_count import SyncCounter
 from cnnlab.engine.trainer import Trainer
 from cnnlab.methods.probes import ProbeCallback, ProbesSettings
 
@@ -148,33 +148,6 @@ def test_summary_and_log_record_the_backend_policy(tmp_path):
         summary["backends"]
     )
     assert "backends: {" in (tmp_path / "log.txt").read_text()
-
-
-class SyncCounter(cnnlab.Callback):
-    """Counts the synchronising CUDA calls of each step of epoch 2 (torch's sync debug mode
-    warns at each one; the warnings between two step ends belong to the later step)."""
-
-    def __init__(self) -> None:
-        self.per_step: list[int] = []
-        self._caught = None
-
-    def on_epoch_start(self, trainer, epoch):
-        if epoch == 2:
-            self._caught = warnings.catch_warnings(record=True)
-            self._seen = self._caught.__enter__()
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-
-    def on_step_end(self, trainer, step, loss):
-        if self._caught is not None:
-            self.per_step.append(sum("synchroniz" in str(w.message) for w in self._seen))
-            self._seen.clear()
-
-    def on_epoch_end(self, trainer, epoch, row):
-        if self._caught is not None:
-            torch.cuda.set_sync_debug_mode("default")
-            self._caught.__exit__(None, None, None)
-            self._caught = None
 
 
 @needs_cuda
