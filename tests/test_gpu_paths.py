@@ -174,3 +174,26 @@ def test_checkpoint_keeps_only_the_current_devices_cuda_rng():
     state = rng_state()
     assert isinstance(state["cuda"], torch.Tensor)
     set_rng_state({**state, "cuda": [state["cuda"]]})  # the older every-device list loads too
+
+
+def test_deterministic_pooling_changes_no_value_and_the_run_reports_determinism(tmp_path):
+    from cnnlab.engine.backends import GlobalAvgPool, deterministic_pooling
+    from cnnlab.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("preact_resnet20", in_channels=1, base_width=4)
+    x = torch.randn(4, 1, 28, 28)
+    before = model(x)
+    assert deterministic_pooling(model) == 1
+    assert any(isinstance(m, GlobalAvgPool) for m in model.modules())
+    assert torch.allclose(model(x), before, atol=1e-6)
+
+    try:
+        kw = settings(precision="fp32", epochs=1, deterministic=True)
+        Trainer(tiny_net(), easy_data(), run_dir=tmp_path, **kw).fit()
+        backends = json.loads((tmp_path / "summary.json").read_text())["backends"]
+        assert backends["deterministic"] and backends["cudnn_deterministic"]
+        assert backends["cublas_workspace"]
+    finally:  # process-wide settings: leave them as the other tests expect
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False

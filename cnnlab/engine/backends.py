@@ -8,9 +8,10 @@ force (summary.json `backends`, log.txt), whatever set them:
 - `train.tf32` (default null = torch's own defaults: TF32 in cuDNN convolutions, full fp32 in
   matmuls): true or false sets both. Only fp32 runs on Ampere or newer GPUs are affected.
 - `train.deterministic` (default false): torch.use_deterministic_algorithms (warn_only: an op
-  with no deterministic kernel warns instead of stopping the run), cudnn.deterministic, and
+  with no deterministic kernel warns instead of stopping the run), cudnn.deterministic,
   CUBLAS_WORKSPACE_CONFIG=:4096:8 when unset (cuBLAS needs it for reproducible matmuls; it must
-  be set before cuBLAS starts, so it is set before the model is placed). Costs speed on GPUs.
+  be set before cuBLAS starts, so it is set before the model is placed), and global average
+  pooling as a mean (`deterministic_pooling`). Costs speed on GPUs.
 """
 
 from __future__ import annotations
@@ -19,8 +20,32 @@ import os
 from typing import Any
 
 import torch
+from torch import nn
 
 CUBLAS_WORKSPACE = ":4096:8"
+
+
+class GlobalAvgPool(nn.Module):
+    """Global average pooling as a mean: the same values as AdaptiveAvgPool2d(1), but a
+    backward pass that is deterministic on CUDA (adaptive pooling's backward is not)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the per-channel mean as an N x C x 1 x 1 tensor."""
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
+def deterministic_pooling(model: nn.Module) -> int:
+    """Replace every AdaptiveAvgPool2d to 1x1 in `model` by GlobalAvgPool (no weights change,
+    so checkpoints load either way); return how many were replaced."""
+    swaps = [
+        (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1))
+    ]
+    for parent, name in swaps:
+        setattr(parent, name, GlobalAvgPool())
+    return len(swaps)
 
 
 def apply_backend_policy(

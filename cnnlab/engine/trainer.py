@@ -33,7 +33,7 @@ from cnnlab.config import (
 from cnnlab.data.datasets import Splits, load
 from cnnlab.data.pipeline import DataBundle, make_loaders
 from cnnlab.engine import distributed
-from cnnlab.engine.backends import apply_backend_policy
+from cnnlab.engine.backends import apply_backend_policy, deterministic_pooling
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import (
     load_checkpoint,
@@ -43,7 +43,7 @@ from cnnlab.engine.checkpoint import (
     set_rng_state,
 )
 from cnnlab.engine.evaluate import evaluate
-from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict
+from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict, precision_note
 from cnnlab.engine.optim import Schedule, build_optimizer
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.step import EpochClock, make_scaler, train_step
@@ -225,6 +225,8 @@ class Trainer:
 
     def _place_model(self, numerics: Numerics) -> None:
         self.numerics = numerics
+        if self.cfg.train.deterministic:
+            deterministic_pooling(self.model)
         if self.cfg.train.sync_bn:
             self.model, note = distributed.convert_sync_bn(self.model, self.dist, self.device)
             self.run.log(note)
@@ -262,6 +264,8 @@ class Trainer:
         )  # fmt: skip
         self._place_model(numerics)
         self.run.log(f"numerics: {numerics_dict(numerics)}")
+        if note := precision_note(numerics, self.device):
+            self.run.log(note)
         self._started = True
 
     def restore(self, state: dict[str, Any]) -> None:
