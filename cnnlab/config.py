@@ -253,6 +253,12 @@ class ReferenceConfig(_Section):
     source: str
     protocol: str
     row: str
+    # Which epoch the published figure is: the last, or the best test epoch (NR, ReCU code);
+    # `cnnlab report` shows a run's best test epoch beside the latter, for comparison only.
+    selection: Literal["last_epoch", "best_over_epochs", "unstated"] = "unstated"
+    command: str | None = None  # the official command or config the row came from
+    settings: dict[str, str] = Field(default_factory=dict)  # setting -> where it comes from
+    unconfirmed: list[str] = Field(default_factory=list)  # what the sources did not settle
 
 
 class MethodConfig(_Section):
