@@ -1,8 +1,8 @@
 """Pre-activation CIFAR ResNet (He et al. 2016b) with the block-design options of METHODS §4.
 
 Options: `remove_first_relu`, `add_last_bn`, `preact_stage` (whether the first block of each
-stage pre-activates the input it shares with its shortcut), `channel_plan`, SE, and EraseReLU, which in a
-pre-activation unit removes the unit's last ReLU (the one before its last conv; cnnlab's
+stage pre-activates the input it shares with its shortcut), `channel_plan`, SE, and EraseReLU,
+which in a pre-activation unit removes the unit's last ReLU (the one before its last conv; cnnlab's
 reading of the EraseReLU rule, see docs/architecture.md).
 
 `channel_plan` "he" (He et al. 2016b): a `base_width` stem, stage outputs

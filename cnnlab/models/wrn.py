@@ -2,8 +2,9 @@
 
 Pre-activation basic units at widths 16k, 32k, 64k after a 16-channel stem, (d-4)/6 units per
 stage. Where a unit changes width, norm-ReLU(x) feeds both the residual path and the strided 1x1
-shortcut conv; elsewhere the shortcut sees raw x. EraseReLU (METHODS §1) removes the unit's last
-ReLU, the one before its second conv, in ratio*N (halves up, see layers.erased_modules) units per stage (cnnlab's reading).
+shortcut conv; elsewhere the shortcut sees raw x. Optional dropout (`dropout_position`, see
+WideBlock). EraseReLU (METHODS §1) removes the unit's last ReLU, the one before its second conv,
+in ratio*N units per stage (halves up, layers.erased_modules; cnnlab's reading).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from torch import nn
 
 from cnnlab.models.layers import check_norm, conv1x1, conv3x3, erased_modules, init_weights, norm2d
 from cnnlab.registry import register_variant
-
 
 DROPOUT_POSITIONS = ("before_conv2", "after_conv1")
 
