@@ -37,6 +37,7 @@ from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.tensorboard import TensorBoardWriter, tensorboard_available
 from cnnlab.errors import UserError
 from cnnlab.methods.bn_momentum import BNMomentum
+from cnnlab.methods.patch_shuffle_features import FeaturePatchShuffle
 from cnnlab.methods.recu import ReCUSchedule
 from cnnlab.methods.rejuvenation import Rejuvenation, apply_architecture
 from cnnlab.registry import build_model, model_entry
@@ -71,6 +72,8 @@ def config_callbacks(cfg: Config, writer: bool = True) -> list[Callback]:
         callbacks.append(WeightEMA(cfg.train.ema_decay))
     if cfg.method.name == "rejuvenation":
         callbacks.append(Rejuvenation(cfg.nr))
+    if cfg.augment.patch_shuffle_stages:  # checked against the model even if only [input]
+        callbacks.append(FeaturePatchShuffle(cfg.augment, cfg.train.seed))
     # Families of 1-bit models mark themselves `binary = True` (cnnlab/models/recu_nets.py).
     if getattr(model_entry(cfg.model.name).factory, "binary", False):
         b = cfg.binary
