@@ -84,7 +84,7 @@ def test_recu_classifier_keeps_pytorchs_linear_init():
 
 
 def test_precision_auto_keeps_binary_nets_in_fp32(monkeypatch):
-    # ReCU's code is fp32; bf16 would round the +-1 conv sums. 'auto' must not even time bf16.
+    # ReCU's code is fp32, and bf16 flips binary signs. 'auto' must not even time bf16.
     from cnnlab.engine import numerics
 
     def no_timing(*args, **kwargs):
