@@ -558,7 +558,7 @@ def test_a_wholly_dead_residual_branch_does_not_cascade_and_rebuilds():
 def test_adaptive_lambda_can_rise_after_the_first_epoch():
     # Official imagenet.py starts util_params_old at 1.0: an epoch that leaves utilisation
     # within increase_threshold of 1 raises lambda, the first epoch included.
-    cfg = load_config(None, ["method.name=rejuvenation", "nr.sparsity_schedule=adaptive"])
+    cfg = load_config(None, ["nr.enabled=true", "nr.sparsity_schedule=adaptive"])
     messages = []
     trainer = types.SimpleNamespace(
         model=small_vgg(),
