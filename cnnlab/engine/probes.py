@@ -27,6 +27,7 @@ from cnnlab.analysis.dead import (
     pooled_fraction,
 )
 from cnnlab.engine.callbacks import Callback
+from cnnlab.engine.faults import fault_point
 from cnnlab.errors import UserError
 from cnnlab.methods.rejuvenation import inspect_utilisation, unit_graph
 from cnnlab.models.nr_layers import SplitConv2d
@@ -203,6 +204,7 @@ class ProbeCallback(Callback):
         with torch.no_grad(), numerics.autocast(trainer.device):
             for probe in self.probes:
                 result = probe.measure(model, batches)
+                fault_point("probe_measure")
                 if result.summary is None:
                     continue  # the model has no layer of this kind
                 row[f"probe_{probe.name}"] = result.summary

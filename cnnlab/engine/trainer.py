@@ -19,6 +19,7 @@ from cnnlab.data.pipeline import build_data
 from cnnlab.engine import distributed
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
     atomic_write_text,
     copy_file_atomic,
     load_checkpoint,
@@ -29,6 +30,7 @@ from cnnlab.engine.checkpoint import (
 )
 from cnnlab.engine.ema import WeightEMA
 from cnnlab.engine.evaluate import evaluate
+from cnnlab.engine.faults import fault_point
 from cnnlab.engine.losses import combine_heads, multi_head_loss
 from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict
 from cnnlab.engine.optim import Schedule, build_optimizer
@@ -40,8 +42,6 @@ from cnnlab.methods.bn_momentum import BNMomentum
 from cnnlab.methods.recu import ReCUSchedule
 from cnnlab.methods.rejuvenation import Rejuvenation, apply_architecture
 from cnnlab.registry import build_model, model_entry
-
-CHECKPOINT_FORMAT = 1
 
 
 class TrainingDiverged(UserError):
@@ -260,6 +260,7 @@ class Trainer:
         self.architecture = architecture
         self._place_model(self.numerics)
         self.params = count_params(self.model)
+        fault_point("model_rebuild")
 
     # ------------------------------------------------------------------------------ loop
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -286,6 +287,7 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_before_step(self)
             opt.step()
+            fault_point("train_step")
             losses[i] = loss.detach()
             # Under mixing, a prediction counts as right when it names the dominant label.
             correct += (logits.argmax(1) == (targets.argmax(1) if soft else targets)).sum()
@@ -459,4 +461,5 @@ def train_resume(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()
         run.write_metrics(trainer.history)
     else:
         trainer.start_fresh()
+    run.discard_temp_files()
     return trainer.fit()

@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 
 from cnnlab.config import Config, load_config
+from cnnlab.engine.faults import fault_point
 from cnnlab.engine.progress import ConsoleReporter
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.trainer import train_new, train_resume
@@ -192,6 +193,7 @@ def _run_serial(
             deferred.append(planned)
         else:
             report(outcome)
+        fault_point("sweep_between_runs")
     for planned in deferred:  # waits for the other process, then finds the run finished
         report(run_one(spec, planned, out, blocking=True, console=console))
 
