@@ -19,6 +19,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="recipe or run config YAML")
     p.add_argument("--out", type=Path, help="run folder (default runs/<recipe>-<timestamp>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder")
+    p.add_argument("--extend-epochs", type=int, metavar="N",
+                   help="with --resume: make the run N epochs long (the LR schedule is "
+                   "recomputed for the new length; see docs/reliability.md)")  # fmt: skip
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:

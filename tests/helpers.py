@@ -30,6 +30,23 @@ SMALL = [
     "train.channels_last=false",
 ]
 
+# The smallest real run: 2 epochs of 4 steps on 256 images, on the CPU (runs compared bit for bit
+# across processes need the same kernels), every epoch evaluated and probed.
+TINY_CPU = [
+    "model.base_width=4",
+    "data.train_limit=256",
+    "data.test_limit=128",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "train.batch_size=64",
+    "train.eval_batch_size=128",
+    "train.precision=fp32",
+    "train.channels_last=false",
+    "train.device=cpu",
+    "probes.batch_size=64",
+    "eval.tta=none",
+]
+
 needs_fashion = pytest.mark.skipif(
     not (FASHION / "train-images-idx3-ubyte.gz").exists(),
     reason="Fashion-MNIST not installed (make data installs it)",

@@ -21,25 +21,11 @@ import pytest
 import torch
 
 from cnnlab.engine.checkpoint import load_checkpoint
-from tests.helpers import needs_fashion, read_metrics, without_timing
+from tests.helpers import TINY_CPU, needs_fashion, read_metrics, without_timing
 
 pytestmark = [needs_fashion, pytest.mark.slow]
 
-# Two epochs of 4 steps on 256 Fashion-MNIST images, on the CPU (bitwise equality across
-# processes needs the same kernels), fixed numerics, every epoch evaluated and probed.
-TINY = [
-    "data.train_limit=256",
-    "data.test_limit=128",
-    "train.epochs=2",
-    "train.eval_every=1",
-    "train.batch_size=64",
-    "train.eval_batch_size=128",
-    "train.precision=fp32",
-    "train.channels_last=false",
-    "train.device=cpu",
-    "probes.batch_size=64",
-    "eval.tta=none",
-]
+TINY = [a for a in TINY_CPU if not a.startswith("model.")]
 CONFIGS = {
     # WRN with dropout, mixup + cutmix, random erasing, EMA, the probes, and a validation split
     # (so best.pt is chosen and copied).

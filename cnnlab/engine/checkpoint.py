@@ -17,7 +17,6 @@ import torch
 from cnnlab.engine.faults import fault_point
 from cnnlab.errors import UserError
 
-
 # Every file of a run folder is written as NAME.tmp first and renamed over NAME once complete and
 # on disk, so a reader (or a resume after a kill) sees the old file or the new one, never half.
 TEMP_SUFFIX = ".tmp"

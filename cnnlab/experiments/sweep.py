@@ -23,13 +23,13 @@ import torch
 from rich.console import Console
 
 from cnnlab.config import Config, load_config
+from cnnlab.config_diff import config_differences
 from cnnlab.engine.faults import fault_point
 from cnnlab.engine.progress import ConsoleReporter
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.trainer import train_new, train_resume
 from cnnlab.errors import UserError
 from cnnlab.experiments.plan import PlannedRun, SweepSpec, run_overrides
-from cnnlab.experiments.runs import flatten
 
 try:  # POSIX advisory locks; released by the kernel when the holder dies, even by kill -9
     import fcntl
@@ -81,12 +81,6 @@ def _run_lock(out: Path, index: int, blocking: bool) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _config_drift(stored: Config, wanted: Config) -> list[str]:
-    a, b = flatten(stored.model_dump(mode="json")), flatten(wanted.model_dump(mode="json"))
-    keys = sorted(a.keys() | b.keys())
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
-
-
 def _train(
     spec: SweepSpec, planned: PlannedRun, folder: Path, console: Console
 ) -> tuple[str, dict]:
@@ -106,7 +100,7 @@ def _start_or_resume(wanted: Config, run: RunFolder, callbacks: list) -> tuple[s
             shutil.rmtree(run.path)
         return "trained", train_new(wanted, RunFolder.create(run.path), callbacks)
     stored = load_config(run.config)  # a missing or damaged config.yaml is a clear error
-    drift = _config_drift(stored, wanted)
+    drift = config_differences(stored, wanted)
     if drift:
         raise UserError(
             f"{run.path} was started with another config than the sweep now gives "
