@@ -128,7 +128,7 @@ def _assert_readable(run: Path) -> None:
 
 
 def assert_same_tree(a: object, b: object, where: str = "") -> None:
-    """Assert two checkpoint values (nested dicts/lists of tensors and numbers) are bitwise equal."""
+    """Assert two checkpoint values (nested dicts, lists, tensors, numbers) are bitwise equal."""
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
         assert torch.equal(a, b), f"{where} differs"

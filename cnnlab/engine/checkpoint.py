@@ -79,7 +79,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True; a missing, corrupt or too new file is a UserError."""
+    """Load a checkpoint (weights_only); a missing, corrupt or too new file is a UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")

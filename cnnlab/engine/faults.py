@@ -7,7 +7,8 @@ temp write and its rename. A kill by signal leaves no chance to clean up, like a
 kernel's out-of-memory killer, so what survives is what the code had made durable.
 
 The variable is read once, at import; with it unset `fault_point` returns at its first test.
-Points are counted per process (a resumed run counts from 1 again). The points (docs/reliability.md):
+Points are counted per process (a resumed run counts from 1 again). The points
+(docs/reliability.md):
 train_step, eval_batch, probe_measure, model_rebuild, sweep_between_runs, and
 <file>_before_rename for every atomic write in a run folder (last.pt, best.pt, metrics.jsonl,
 summary.json, config.yaml, curves.png).
