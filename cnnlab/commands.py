@@ -28,6 +28,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from cnnlab.engine.resume_check import resume_config
     from cnnlab.engine.run_folder import RunFolder, default_run_dir
     from cnnlab.engine.trainer import train_new, train_resume
+    from cnnlab.registry import check_model_options
 
     if args.resume is not None:
         if args.config or args.overrides or args.out:
@@ -44,6 +45,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         if args.extend_epochs is not None:
             raise UserError("--extend-epochs N lengthens a run: use it with --resume RUN")
         cfg = load_config(args.config, args.overrides)
+        check_model_options(cfg.model.name, cfg.model.options())  # before the folder is made
         info = distributed.init_from_env(cfg.train.device)
         # Rank 0 picks (the timestamped default) and creates the folder; the others follow it.
         path = distributed.on_main(

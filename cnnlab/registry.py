@@ -72,16 +72,23 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
 
 
-def build_model(name: str, **options: Any) -> nn.Module:
-    """Build a registered model; None options are dropped so callers may pass them blindly."""
+def check_model_options(name: str, options: Mapping[str, Any]) -> ModelEntry:
+    """Return the entry of model `name`; an unknown name or option is a UserError (cheap: run
+    before a run folder is made, so a mistyped option leaves no folder behind)."""
     entry = model_entry(name)
-    kwargs = {k: v for k, v in options.items() if v is not None}
     allowed = entry.options()
-    for key in kwargs:
-        if key not in allowed:
+    for key, value in options.items():
+        if value is not None and key not in allowed:
             hint = closest(key, allowed)
             fixed = " (fixed by this variant)" if key in entry.fixed else ""
             raise UserError(f"model '{name}' has no option '{key}'{fixed}{hint}")
+    return entry
+
+
+def build_model(name: str, **options: Any) -> nn.Module:
+    """Build a registered model; None options are dropped so callers may pass them blindly."""
+    kwargs = {k: v for k, v in options.items() if v is not None}
+    entry = check_model_options(name, kwargs)
     try:
         return entry.build(**kwargs)
     except ValueError as exc:

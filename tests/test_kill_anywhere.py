@@ -44,10 +44,12 @@ CONFIGS = {
     # Shake-shake draws its branch weights from the global generator at every forward pass.
     "shake": [
         *TINY,
-        "model.name=shake_shake26_2x32d",
-        "model.base_width=4",
-        "model.stem_width=4",
-        "model.depth=8",
+        "model.name=shake_shake26_2x32d",  # the smallest variant (its widths are fixed)
+        "model.stem_width=8",
+        "data.train_limit=64",  # 2 steps of 32 per epoch: the net is big for a CPU
+        "data.test_limit=64",
+        "train.batch_size=32",
+        "probes.enabled=false",
     ],
     # A 1-bit net with ReCU (tau follows the schedule, saved with the callbacks).
     "recu": [*TINY, "model.name=resnet20_1w1a", "model.base_width=4"],
