@@ -112,7 +112,7 @@ def test_an_edited_config_is_refused_naming_the_keys_and_epochs_extend_explicitl
     assert load_checkpoint(run / "last.pt")["config"]["train"]["epochs"] == 3
 
 
-def _fail_second(real, exc: OSError, when=lambda *a: True):
+def _fail_second(real, exc: Exception, when=lambda *a: True):
     calls = []
 
     def fake(*args, **kwargs):
@@ -144,8 +144,14 @@ def _is_last_tmp(fd, *_):
             _fail_second(os.fsync, OSError(errno.EIO, "Input/output error"), _is_last_tmp),
             "Input/output error [EIO]",
         ),
+        (
+            (torch, "save"),
+            # What torch.save raises when the file's write fails under it.
+            _fail_second(torch.save, RuntimeError("[enforce fail at inline_container.cc:672]")),
+            "torch.save failed ([enforce fail at inline_container.cc:672]); ",
+        ),
     ],
-    ids=["ENOSPC-in-save", "EIO-in-fsync"],
+    ids=["ENOSPC-in-save", "EIO-in-fsync", "torch-writer-error"],
 )
 def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_what_happened(
     tmp_path, capsys, monkeypatch, target, fake, says

@@ -75,7 +75,14 @@ def copy_file_atomic(src: Path, dst: Path) -> None:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Save `state` with torch.save to a temp file, then rename it over `path`."""
     with _atomic(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
+        try:
+            torch.save(state, f)
+        except RuntimeError as exc:
+            # torch reports a failed write (a full disk, an I/O error) as a RuntimeError of its
+            # zip writer ("unexpected pos ..."), without the errno; the free space tells which.
+            free = shutil.disk_usage(tmp.parent).free / 2**20
+            first = (str(exc).strip().splitlines() or ["RuntimeError"])[0]
+            raise OSError(f"torch.save failed ({first}); {free:.0f} MB free there") from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
