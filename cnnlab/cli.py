@@ -26,6 +26,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="recipe or run config YAML")
     p.add_argument("--out", type=Path, help="run folder (default runs/<recipe>-<timestamp>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder")
+    p.add_argument("--extend-epochs", type=int, metavar="N",
+                   help="with --resume: make the run N epochs long (the LR schedule is "
+                   "recomputed for the new length; see docs/reliability.md)")  # fmt: skip
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -152,8 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Under torchrun every rank may fail; rank r > 0 says which it is.
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
         where = f"[rank {rank}] " if rank != "0" else ""
+        # One line, even when the message quotes user text with line breaks or control
+        # characters in it: those are shown escaped.
+        text = "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(exc)
+        )
         Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"{where}cnnlab: error: {exc}", markup=False
+            f"{where}cnnlab: error: {text}", markup=False
         )
         return 2
     except KeyboardInterrupt:

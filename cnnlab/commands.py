@@ -28,6 +28,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from cnnlab.engine import distributed
     from cnnlab.engine.progress import ConsoleReporter
     from cnnlab.engine.run_folder import RunFolder, default_run_dir
+    from cnnlab.registry import check_model_options
+    from cnnlab.run.resume_check import resume_config
     from cnnlab.run.training import train_new, train_resume
 
     if args.resume is not None:
@@ -35,12 +37,17 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             raise UserError(
                 "--resume RUN continues a run as configured; drop --config/--out/overrides"
             )
-        cfg = load_config(RunFolder.open(args.resume).config)
-        info = distributed.init_from_env(cfg.train.device)
+        info = distributed.init_from_env(
+            load_config(RunFolder.open(args.resume).config).train.device
+        )
         run = RunFolder.open(args.resume, writer=info.is_main)
+        cfg = resume_config(run, args.extend_epochs)  # refuses an edited config.yaml
         start = train_resume
     else:
+        if args.extend_epochs is not None:
+            raise UserError("--extend-epochs N lengthens a run: use it with --resume RUN")
         cfg = load_config(args.config, args.overrides)
+        check_model_options(cfg.model.name, cfg.model.options())  # before the folder is made
         info = distributed.init_from_env(cfg.train.device)
         # Rank 0 picks (the timestamped default) and creates the folder; the others follow it.
         path = distributed.on_main(

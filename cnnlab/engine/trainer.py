@@ -35,6 +35,7 @@ from cnnlab.data.pipeline import DataBundle, make_loaders
 from cnnlab.engine import distributed
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
     copy_file_atomic,
     load_checkpoint,
     rng_state,
@@ -43,13 +44,13 @@ from cnnlab.engine.checkpoint import (
     set_rng_state,
 )
 from cnnlab.engine.evaluate import evaluate
+from cnnlab.engine.faults import fault_point
 from cnnlab.engine.losses import combine_heads, multi_head_loss
 from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict
 from cnnlab.engine.optim import Schedule, build_optimizer
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.errors import UserError
 
-CHECKPOINT_FORMAT = 1
 Data = Splits | DataBundle | str
 Section = Mapping[str, Any] | None
 
@@ -330,6 +331,7 @@ class Trainer:
         self.architecture = architecture
         self._place_model(self.numerics)
         self.params = count_params(self.model)
+        fault_point("model_rebuild")
 
     def reshape_model(self, model: nn.Module, architecture: dict[str, Any]) -> None:
         """Before a resume loads the weights: use `model`, rebuilt to a saved architecture."""
@@ -348,11 +350,13 @@ class Trainer:
             # metrics.jsonl may hold an epoch that finished after the checkpoint was written.
             self.run.write_metrics(self.history)
         else:
-            if self.run.writer:
+            if self.run.writer and not self.resume:
                 self.run.log(
                     f"model {self.model_name}: {self.params} params, {self.flops} FLOPs/image"
                 )
             self.start_fresh()
+        if self.resume:
+            self.run.discard_temp_files()  # half-written files of the killed session
 
     # ------------------------------------------------------------------------------ loop
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -379,6 +383,7 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_before_step(self)
             opt.step()
+            fault_point("train_step")
             losses[i] = loss.detach()
             # Under mixing, a prediction counts as right when it names the dominant label.
             correct += (logits.argmax(1) == (targets.argmax(1) if soft else targets)).sum()

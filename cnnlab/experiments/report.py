@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.config_diff import flatten
 from cnnlab.errors import UserError, closest
 from cnnlab.experiments.plan import find_sweep, sweep_command
-from cnnlab.experiments.runs import RunRecord, find_run_dirs, flatten, read_run
+from cnnlab.experiments.runs import RunRecord, find_run_dirs, read_run
 
 SEED_KEY = "train.seed"
 NO_VAL = "none — last epoch"

@@ -121,14 +121,3 @@ def read_run(path: Path) -> RunRecord:
         f"or with `cnnlab train --resume {path}`"
     )
     return RunRecord(path, "unfinished", detail, config, {}, history)
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into dotted keys: {'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -18,6 +18,25 @@ from cnnlab.methods.rejuvenation import apply_architecture
 from cnnlab.registry import build_model
 
 
+def weights_misfit(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str:
+    """Return why `saved` weights cannot load into a model with state `own` ('' if they fit)."""
+    for key, tensor in own.items():
+        if key in saved and saved[key].shape != tensor.shape:
+            return (
+                f"{key} is {tuple(saved[key].shape)} in the checkpoint but "
+                f"{tuple(tensor.shape)} in the model"
+            )
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        return (
+            f"{len(missing)} of the model's tensors are not in the checkpoint and "
+            f"{len(unexpected)} of its tensors are not in the model (e.g. {example})"
+        )
+    return ""
+
+
 def evaluate_checkpoint(
     path: Path, dataset: str | None, root: str | None, split: str = "test", tta: str | None = None
 ) -> dict[str, Any]:
@@ -38,13 +57,13 @@ def evaluate_checkpoint(
         model = apply_architecture(model, state["architecture"])
     # Checkpoints written by DDP runs may carry a 'module.' prefix on every key.
     weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
+    misfit = weights_misfit(model.state_dict(), weights)
+    if misfit:
         raise UserError(
             f"{path}: the weights do not fit {cfg.model.name} for {name} "
-            f"({info.channels} channels, {info.num_classes} classes): {str(exc).splitlines()[0]}"
-        ) from None
+            f"({info.channels} channels, {info.num_classes} classes): {misfit}"
+        )
+    model.load_state_dict(weights)
     numerics = Numerics(**{k: v for k, v in state.get("numerics", {}).items() if k != "measured"})
     model.to(device=device, memory_format=numerics.memory_format)
     tta = tta or cfg.eval.tta
