@@ -69,6 +69,10 @@ def test_the_documented_example_learns_and_a_killed_run_resumes_bitwise(tmp_path
     again = _run(resumed, tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
 
+    edited = resumed.replace("epochs=2,", "epochs=3,")
+    assert edited != resumed
+    refused = _run(edited, tmp_path)
+    assert refused.returncode == 1 and "train.epochs: 2 -> 3" in refused.stderr
     whole, parts = tmp_path / "runs/mine", tmp_path / "runs/killed"
     assert _rows(whole) == _rows(parts)
     a = torch.load(whole / "last.pt", weights_only=True)

@@ -258,6 +258,14 @@ class Trainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Restore model, optimizer, RNG, counters and callbacks from a checkpoint."""
+        if not self.from_config and state.get("settings"):
+            # A run of a user's own module: its settings must be the ones it started with.
+            edits = config_differences(validate_core(state["settings"]), self.cfg)
+            if edits:
+                raise UserError(
+                    f"cannot resume {self.run.path}: the settings differ from the run's "
+                    f"({'; '.join(edits)}); resume continues a run exactly as it started"
+                )
         saved = state.get("numerics", {})
         # A method that reshaped the network rebuilds those shapes before the weights load.
         for cb in self.callbacks:
