@@ -30,6 +30,7 @@ from cnnlab.config import (
     ScheduleConfig,
     validate_core,
 )
+from cnnlab.config_diff import config_differences
 from cnnlab.data.datasets import Splits, load
 from cnnlab.data.pipeline import DataBundle, make_loaders
 from cnnlab.engine import distributed
