@@ -127,20 +127,10 @@ def assemble(
     return Splits(train, val, test, info, f"{info.name}: {sizes} images")
 
 
-def load(
-    name: str,
-    root: str | None = None,
-    *,
-    download: bool = True,
-    val_size: int = 0,
-    split_seed: int = 0,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> Splits:
+def load(name: str, root: str | None = None, *, download: bool = True, **options: Any) -> Splits:
     """Read registered dataset `name` (located in `root`, the cache or the system folders, or
-    downloaded and verified) and return its splits."""
+    downloaded and verified) and return its splits; `options` are those of `assemble`
+    (val_size, split_seed, train_limit, test_limit, mean, std)."""
     entry = dataset_entry(name)
     if entry.read is None:
         raise UserError(
@@ -149,10 +139,7 @@ def load(
         )
     train = entry.read("train", root, download)
     test = entry.read("test", root, download)
-    return assemble(
-        train, test, val_size=val_size, split_seed=split_seed, train_limit=train_limit,
-        test_limit=test_limit, mean=mean, std=std,
-    )  # fmt: skip
+    return assemble(train, test, **options)
 
 
 def _check_split(images: Any, labels: Any, what: str, num_classes: int) -> None:
