@@ -13,8 +13,8 @@ import torch
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.distributed import DistInfo, convert_sync_bn
-from cnnlab.engine.evaluate_checkpoint import evaluate_checkpoint
 from cnnlab.errors import UserError
+from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 from tests.helpers import needs_fashion, read_metrics, without_timing
 
 RUN_ARGS = [

@@ -20,10 +20,10 @@ from cnnlab.data.pipeline import build_data
 from cnnlab.data.prepare import prepare_imagenet_val
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import load_checkpoint
-from cnnlab.engine.evaluate_checkpoint import evaluate_checkpoint
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.trainer import train_new, train_resume
 from cnnlab.errors import UserError
+from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 from tests.folder_helpers import CORRUPT, make_image_folder
 from tests.helpers import cli, read_metrics, without_timing
 

@@ -9,10 +9,10 @@ from torch import nn
 from cnnlab.config import load_config
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import load_checkpoint
-from cnnlab.engine.evaluate_checkpoint import evaluate_checkpoint
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.trainer import train_new, train_resume
 from cnnlab.errors import UserError
+from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 from cnnlab.methods.rejuvenation import (
     Rejuvenation,
     apply_architecture,

@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from cnnlab.engine.checkpoint import load_checkpoint
-from cnnlab.engine.evaluate_checkpoint import evaluate_checkpoint
+from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 from tests.helpers import SMALL, cli, needs_fashion, read_metrics, without_timing
 
 pytestmark = needs_fashion

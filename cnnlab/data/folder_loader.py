@@ -99,9 +99,6 @@ def _open_torchvision(path: str, gray: bool):  # noqa: ANN202 - a PIL image
 
 def decode_view(path: str, view: ImageView, rng: np.random.Generator | None) -> np.ndarray:
     """Decode `path` and return its (S, S, C) uint8 view; `rng` drives the random crop."""
-    from PIL import Image
-
-    mode = "L" if view.gray else "RGB"
     image = None
     if view.decoder == "torchvision" and path.lower().endswith((".jpg", ".jpeg", ".png")):
         try:
@@ -110,6 +107,18 @@ def decode_view(path: str, view: ImageView, rng: np.random.Generator | None) -> 
             image = None
     if image is None:
         image = _open_pil(path)
+    return view_pixels(image, view, rng)
+
+
+def view_pixels(
+    image,  # noqa: ANN001 - a PIL image (Pillow is imported lazily)
+    view: ImageView,
+    rng: np.random.Generator | None,
+) -> np.ndarray:
+    """Return the (S, S, C) uint8 view of an opened PIL image; `rng` drives the random crop."""
+    from PIL import Image
+
+    mode = "L" if view.gray else "RGB"
     width, height = image.size
     size = view.image_size
     if view.random_crop:

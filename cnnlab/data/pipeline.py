@@ -126,6 +126,16 @@ def folder_info(d: DataConfig, classes: tuple[str, ...]) -> DatasetInfo:
     return _normalisation(d, info)
 
 
+def run_info(d: DataConfig, classes: tuple[str, ...] | None = None) -> DatasetInfo:
+    """Return the DatasetInfo a run of data config `d` trains with (channels, size,
+    normalisation, class names) without reading images; an image folder's class names are
+    `classes` when given, else listed from the folder."""
+    if d.name == "folder":
+        return folder_info(d, classes if classes is not None else load_folder_splits(d).classes)
+    info = _normalisation(d, dataset_info(d.name))
+    return replace(info, classes=classes) if classes is not None else info
+
+
 def folder_view(d: DataConfig, train: bool) -> ImageView:
     """Return how the workers cut images for training (`train`) or evaluation."""
     size = d.image_size or DEFAULT_IMAGE_SIZE

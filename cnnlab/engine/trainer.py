@@ -230,6 +230,7 @@ class Trainer:
         state = {
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.model_dump(mode="json"),
+            "classes": list(self.data.info.classes),  # for predict/export once data are gone
             "epoch": self.epoch,
             "step": self.step,
             "model": self.model.state_dict(),
