@@ -59,9 +59,10 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         raise
     finally:
         reporter.close()
-    err, top5 = summary["final"]["test_error"], summary["final"]["test_top5_error"]
+    split = "test" if cfg.eval.test else "val"  # eval.test=false: the test split is unread
+    err, top5 = summary["final"][f"{split}_error"], summary["final"][f"{split}_top5_error"]
     console.print(
-        f"done in {summary['wall_seconds']:.0f}s: test error {err:.2f}% "
+        f"done in {summary['wall_seconds']:.0f}s: {split} error {err:.2f}% "
         f"(accuracy {100 - err:.2f}%), top-5 error {top5:.2f}% at the last epoch"
     )
     console.print(f"run folder: {run.path}")

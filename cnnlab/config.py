@@ -244,6 +244,8 @@ class EvalConfig(_Section):
     """How evaluation forms its predictions."""
 
     tta: Literal["none", "flip"] = "none"
+    # false: the test split is neither read nor evaluated (a tuning trial judged on val only)
+    test: bool = True
 
 
 class ReferenceConfig(_Section):
@@ -320,6 +322,12 @@ class Config(_Section):
     nr: NRConfig = Field(default_factory=NRConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
     binary: BinaryConfig = Field(default_factory=BinaryConfig)
+
+    @model_validator(mode="after")
+    def _something_is_evaluated(self) -> Config:
+        if not self.eval.test and not self.data.val_size:
+            raise ValueError("eval.test=false needs a validation split (data.val_size > 0)")
+        return self
 
     @model_validator(mode="after")
     def _epochs_in_range(self) -> Config:

@@ -37,11 +37,12 @@ CROP_RATIO = 0.875  # eval: resize the shorter side to image_size / 0.875, take 
 
 @dataclass
 class DataBundle:
-    """The loaders of one run; `val` is None unless data.val_size > 0."""
+    """The loaders of one run; `val` is None unless data.val_size > 0, `test` when
+    eval.test=false (then the test split is not even read)."""
 
     train: Loader
     val: Loader | None
-    test: Loader
+    test: Loader | None
     info: DatasetInfo
     description: str = ""  # where the images came from, for the run's log
 
@@ -215,11 +216,12 @@ def _build_folder(
             rank=rank, world=world, warn=warn, still_view=folder_view(d, False),
         )  # fmt: skip
 
-    sizes = f"{len(train)} train, {len(val) if val else 0} val, {len(test)} test images"
+    tested = len(test) if cfg.eval.test else "no"
+    sizes = f"{len(train)} train, {len(val) if val else 0} val, {tested} test images"
     return DataBundle(
         train=loader(train, True),
         val=loader(val, False) if val is not None else None,
-        test=loader(test, False),
+        test=loader(test, False) if cfg.eval.test else None,
         info=info,
         description=f"{splits.layout}; {len(splits.classes)} classes; {sizes}",
     )
@@ -237,7 +239,9 @@ def build_data(
         return _build_folder(cfg, device, rank, world, warn)
     d = cfg.data
     train_set = load_split(d.name, "train", d.root, d.download)
-    test_set = _limit(load_split(d.name, "test", d.root, d.download), d.test_limit)
+    test_set = None
+    if cfg.eval.test:
+        test_set = _limit(load_split(d.name, "test", d.root, d.download), d.test_limit)
     val_set = None
     if d.val_size:
         train_set, val_set = split_validation(train_set, d.val_size, d.split_seed)
@@ -263,11 +267,12 @@ def build_data(
             world=world,
         )
 
-    sizes = f"{len(train_set)} train, {len(val_set) if val_set else 0} val, {len(test_set)} test"
+    tested = len(test_set) if test_set is not None else "no"
+    sizes = f"{len(train_set)} train, {len(val_set) if val_set else 0} val, {tested} test"
     return DataBundle(
         train=loader(train_set, True),
         val=loader(val_set, False) if val_set is not None else None,
-        test=loader(test_set, False),
+        test=loader(test_set, False) if test_set is not None else None,
         info=info,
         description=f"{d.name}: {sizes} images",
     )
