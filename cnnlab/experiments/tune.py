@@ -107,7 +107,8 @@ class ValidationPruning(Callback):
         if "val_error" not in row:
             return
         self.trial.report(row["val_error"], epoch)
-        if self.prune and self.trial.should_prune():
+        # After the last epoch the trial is complete: stopping it then would only lose it.
+        if self.prune and epoch < trainer.total_epochs and self.trial.should_prune():
             import optuna
 
             trainer.run.log(f"pruned after epoch {epoch}: val error {row['val_error']:.2f}%")
@@ -163,11 +164,11 @@ def _objective(
 
 
 def counted_trials(study: optuna.Study) -> int:
-    """Return the trials that count towards --trials: done, pruned, running, queued, and
-    failed by a trial's own error (not those whose process died: they are re-queued)."""
+    """Return the trials that count towards --trials: done, pruned, running, and failed by a
+    trial's own error (not those whose process died: they are re-queued to run again)."""
     from optuna.trial import TrialState
 
-    keep = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    keep = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     trials = study.get_trials(deepcopy=False)
     return sum(t.state in keep or (t.state == TrialState.FAIL and "error" in t.user_attrs)
                for t in trials)  # fmt: skip
@@ -178,7 +179,7 @@ def _announce(console: Console):  # noqa: ANN202 - an optuna study callback
         values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in trial.params.items())  # fmt: skip
         state = trial.state.name.lower()
-        if trial.value is not None:
+        if trial.state.name == "COMPLETE":
             state = f"val error {trial.value:.2f}%"
         elif "error" in trial.user_attrs:
             state = f"failed: {trial.user_attrs['error']}"
