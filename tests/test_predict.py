@@ -12,10 +12,8 @@ from PIL import Image
 
 from cnnlab.data.sources import load_split
 from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
+from tests.folder_helpers import make_image_folder
 from tests.helpers import FASHION, SMALL, cli, needs_fashion
-
-pytestmark = needs_fashion
-
 
 TEST_IMAGES = 1000
 
@@ -62,6 +60,7 @@ def _rows(text):
     return list(csv.DictReader(io.StringIO(text)))
 
 
+@needs_fashion
 def test_predicting_the_test_pngs_gives_the_accuracy_of_eval(run, test_pngs, capsys):
     folder, test = test_pngs
     capsys.readouterr()
@@ -78,6 +77,7 @@ def test_predicting_the_test_pngs_gives_the_accuracy_of_eval(run, test_pngs, cap
         "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}  # fmt: skip
 
 
+@needs_fashion
 def test_any_pil_mode_gives_the_prediction_of_the_gray_original(run, test_pngs, tmp_path, capsys):
     folder, test = test_pngs
     gray = test.images[3, ..., 0].numpy()
@@ -109,6 +109,7 @@ def test_any_pil_mode_gives_the_prediction_of_the_gray_original(run, test_pngs, 
     assert preds["g_twice_the_size.png"][0]["index"] == reference[0]["index"]
 
 
+@needs_fashion
 def test_an_undecodable_image_is_named_and_the_others_are_still_predicted(run, tmp_path, capsys):
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "good.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -120,6 +121,7 @@ def test_an_undecodable_image_is_named_and_the_others_are_still_predicted(run, t
     assert len(err) == 1 and "broken.png" in err[0] and "the other 1 image(s)" in err[0]
 
 
+@needs_fashion
 def test_flip_tta_and_the_table_format(run, tmp_path, capsys):
     Image.fromarray(np.full((28, 28), 128, np.uint8)).save(tmp_path / "grey.png")
     capsys.readouterr()
@@ -128,6 +130,7 @@ def test_flip_tta_and_the_table_format(run, tmp_path, capsys):
     assert "1 image(s), preact_resnet20, tta flip" in out
 
 
+@needs_fashion
 def test_inputs_that_are_not_a_cnnlab_checkpoint_or_images_are_one_line_errors(
     run, tmp_path, capsys
 ):
@@ -146,3 +149,25 @@ def test_inputs_that_are_not_a_cnnlab_checkpoint_or_images_are_one_line_errors(
         assert cli("predict", *args) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
+
+
+def test_a_folder_run_predicts_with_its_class_folders_even_once_the_folder_is_gone(
+    tmp_path, capsys
+):
+    root = make_image_folder(tmp_path / "images", per_class=8, val_per_class=4, corrupt=False)
+    run = tmp_path / "run"
+    args = ["data.name=folder", f"data.root={root}", "data.image_size=32", "data.workers=0",
+            "model.name=resnet20", "model.base_width=8", "train.batch_size=8",
+            "train.eval_batch_size=16", "train.epochs=2", "train.precision=fp32",
+            "train.channels_last=false", "optim.lr=0.05"]  # fmt: skip
+    assert cli("train", "--out", str(run), *args) == 0
+    metrics = evaluate_checkpoint(run / "last.pt", None, None)
+    moved = tmp_path / "elsewhere"
+    root.rename(moved)  # the training folder is gone; the checkpoint has the class names
+    capsys.readouterr()
+    assert cli("predict", str(run / "last.pt"), str(moved / "val"), "--format", "csv") == 0
+    rows = _rows(capsys.readouterr().out)
+    assert len(rows) == metrics["images"] == 12
+    # Each image lies in its class's folder: val/<class>/<file>.
+    wrong = sum(r["class_1"] != r["path"].split("/")[-2] for r in rows)
+    assert 100.0 * wrong / len(rows) == pytest.approx(metrics["error"])
