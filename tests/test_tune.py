@@ -176,3 +176,21 @@ def test_the_pruning_callback_reports_val_error_and_stops_a_bad_trial():
     # The last epoch is reported but never pruned: the trial is complete by then.
     callback.on_epoch_end(Trainer(), 3, {"val_error": 60.0})
     assert trial.reports[-1] == (3, 60.0)
+
+
+def test_worker_processes_get_the_same_study(tmp_path):
+    from cnnlab.cli import build_parser
+
+    argv = ["tune", str(DEFAULT_RECIPE), "train.epochs=1", *SPACE, "--trials", "7",
+            "--val-size", "300", "--workers", "3", "--out", str(tmp_path), "--pruner", "none",
+            "--startup-trials", "2", "--seed", "5"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    place = tuning.StudyPlace("s", "sqlite:///x.db", tmp_path)
+    command = tuning._worker_command(args, place, 2)
+    assert command[:3] == [sys.executable, "-m", "cnnlab"]
+    worker = build_parser().parse_args(command[3:])
+    for key in ("recipe", "overrides", "param", "trials", "val_size", "pruner",
+                "startup_trials", "out"):  # fmt: skip
+        assert getattr(worker, key) == getattr(args, key), key
+    assert worker.seed == 5 + 2  # its own start-up draws
+    assert (worker.study, worker.storage, worker.workers) == ("s", "sqlite:///x.db", 1)

@@ -8,7 +8,8 @@ is reported to Optuna, whose pruner may stop a trial early. The study lives in a
 heartbeat lapses, then it is marked failed and re-queued with the same parameters, and running
 the same command again continues the study. Several processes (--workers, or other machines
 on one RDB URL) share a study; each stops when the study holds --trials trials, so up to
-(processes - 1) extra trials may run at the end.
+(processes - 1) extra trials may run at the end. Worker i of --workers samples with --seed + i;
+give each machine its own --seed.
 """
 
 from __future__ import annotations
@@ -191,13 +192,14 @@ def _announce(console: Console):  # noqa: ANN202 - an optuna study callback
     return announce
 
 
-def _worker_command(args: argparse.Namespace, place: StudyPlace) -> list[str]:
+def _worker_command(args: argparse.Namespace, place: StudyPlace, index: int) -> list[str]:
+    # Worker i samples with seed + i: equal seeds would draw the same start-up points.
     cmd = [sys.executable, "-m", "cnnlab", "tune", str(args.recipe), *args.overrides]
     for text in args.param:
         cmd += ["--param", text]
     cmd += ["--trials", str(args.trials), "--val-size", str(args.val_size), "--storage",
             place.storage, "--study", place.name, "--pruner", args.pruner, "--seed",
-            str(args.seed), "--out", str(place.out), "--workers", "1"]  # fmt: skip
+            str(args.seed + index), "--out", str(place.out), "--workers", "1"]  # fmt: skip
     if args.startup_trials is not None:
         cmd += ["--startup-trials", str(args.startup_trials)]
     return cmd
@@ -247,7 +249,7 @@ def run_study(args: argparse.Namespace, console: Console) -> int:
     children = []
     for i in range(1, args.workers):
         log = open(place.out / f"worker-{i}.log", "a")  # noqa: SIM115 - closed below
-        children.append((subprocess.Popen(_worker_command(args, place), stdout=log,
+        children.append((subprocess.Popen(_worker_command(args, place, i), stdout=log,
                                           stderr=subprocess.STDOUT), log))  # fmt: skip
     start = time.perf_counter()
     objective = _objective(base, space, args, place)
