@@ -69,6 +69,10 @@ def test_a_study_tunes_on_val_only_resumes_and_shows_its_best(tmp_path, capsys, 
     assert best.optim.lr == pytest.approx(study.best_trial.params["optim.lr"])
     assert best.model.options()["base_width"] == study.best_trial.params["model.base_width"]
     assert (out / "history.png").read_bytes()[:4] == b"\x89PNG"
+    # `cnnlab report` says why the trials have no row (no test metrics by design).
+    capsys.readouterr()
+    cli("report", str(out))
+    assert "val only" in capsys.readouterr().out
 
     # The same study with another search space is refused rather than mixed.
     capsys.readouterr()

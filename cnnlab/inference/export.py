@@ -11,6 +11,7 @@ a model card beside the file (model_card.py).
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,8 @@ def _onnx(model: nn.Module, trained: TrainedModel, out: Path) -> tuple[float, st
     import onnxruntime
 
     example = _inputs(trained, 2, 99)
+    # The exporter logs a warning per torchvision operator it cannot find; cnnlab uses none.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
