@@ -311,7 +311,7 @@ def export(args: argparse.Namespace, console: Console) -> int:
     done = export_checkpoint(args.checkpoint, args.format, args.out)
     console.print(
         f"{done.format}: {done.path} ({done.check}); largest relative logit difference "
-        f"{done.max_abs_diff:.3g} <= tolerance {done.tolerance:g}"
+        f"{done.max_rel_diff:.3g} <= tolerance {done.tolerance:g}"
     )
     console.print(f"model card: {done.card_json}, {done.card_md}")
     return 0

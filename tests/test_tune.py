@@ -198,3 +198,9 @@ def test_worker_processes_get_the_same_study(tmp_path):
         assert getattr(worker, key) == getattr(args, key), key
     assert worker.seed == 5 + 2  # its own start-up draws
     assert (worker.study, worker.storage, worker.workers) == ("s", "sqlite:///x.db", 1)
+
+
+def test_a_run_without_test_split_needs_a_validation_split(capsys):
+    assert cli("train", "eval.test=false") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "eval.test=false needs a validation split" in err[0], err

@@ -41,7 +41,7 @@ class ExportResult:
     format: str
     path: Path
     check: str
-    max_abs_diff: float
+    max_rel_diff: float
     tolerance: float
     card_json: Path
     card_md: Path
