@@ -261,6 +261,8 @@ class EvalConfig(_Section):
     """How evaluation forms its predictions."""
 
     tta: Literal["none", "flip"] = "none"
+    # false: the test split is neither read nor evaluated (a tuning trial judged on val only)
+    test: bool = True
 
 
 class ReferenceConfig(_Section):
@@ -302,6 +304,12 @@ class Config(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     reference: ReferenceConfig | None = None
+
+    @model_validator(mode="after")
+    def _something_is_evaluated(self) -> Config:
+        if not self.eval.test and not self.data.val_size:
+            raise ValueError("eval.test=false needs a validation split (data.val_size > 0)")
+        return self
 
     @model_validator(mode="after")
     def _epochs_in_range(self) -> Config:

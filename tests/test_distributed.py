@@ -14,7 +14,7 @@ from cnnlab.data.loader import InMemoryLoader
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.distributed import DistInfo, convert_sync_bn
 from cnnlab.errors import UserError
-from cnnlab.run.evaluate_checkpoint import evaluate_checkpoint
+from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 from tests.helpers import assert_learned, needs_fashion, read_metrics, without_timing
 
 MEASURED_DDP = 41.75  # test error (%) measured: 2 processes x 2 epochs, fp32 on the CPU

@@ -22,7 +22,7 @@ from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.errors import UserError
-from cnnlab.run.evaluate_checkpoint import evaluate_checkpoint
+from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 from cnnlab.run.training import train_new, train_resume
 from tests.folder_helpers import CORRUPT, make_image_folder
 from tests.helpers import assert_learned, cli, read_metrics, without_timing

@@ -12,6 +12,7 @@ from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.errors import UserError
+from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 from cnnlab.methods.rejuvenation import (
     Rejuvenation,
     apply_architecture,
@@ -30,7 +31,6 @@ from cnnlab.models.nr_layers import SplitConv2d, TwoHeadLinear
 from cnnlab.models.resnet import CifarResNet
 from cnnlab.models.vgg import CifarVGG
 from cnnlab.registry import build_model
-from cnnlab.run.evaluate_checkpoint import evaluate_checkpoint
 from cnnlab.run.training import train_new, train_resume
 from tests.helpers import assert_learned, needs_fashion, read_metrics, without_timing
 

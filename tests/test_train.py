@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from cnnlab.engine.checkpoint import load_checkpoint
-from cnnlab.run.evaluate_checkpoint import evaluate_checkpoint
+from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 from tests.helpers import SMALL, assert_learned, cli, needs_fashion, read_metrics, without_timing
 
 MEASURED_TRAIN = 24.25  # test error (%) measured: 3 epochs of 3,000 images, fp32 on the CPU

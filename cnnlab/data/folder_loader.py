@@ -109,10 +109,11 @@ def decode_view(path: str, view: ImageView, rng: np.random.Generator | None) -> 
                 image = _open_torchvision(path, view.gray)
             except Exception:  # noqa: BLE001 - let Pillow decode it and name the real problem
                 image = None
-        return _view(to_eight_bit(pil) if image is None else image, view, rng)
+        return view_pixels(to_eight_bit(pil) if image is None else image, view, rng)
 
 
-def _view(image: Image.Image, view: ImageView, rng: np.random.Generator | None) -> np.ndarray:
+def view_pixels(image: Image.Image, view: ImageView, rng: np.random.Generator | None) -> np.ndarray:
+    """Return the (S, S, C) uint8 view of an opened PIL image; `rng` drives the random crop."""
     mode = "L" if view.gray else "RGB"
     width, height = image.size
     size = view.image_size

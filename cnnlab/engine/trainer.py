@@ -310,6 +310,8 @@ class Trainer:
             # keeps only its settings.
             "config": self.cfg.model_dump(mode="json") if self.from_config else None,
             "settings": self.cfg.model_dump(mode="json"),
+            "classes": list(self.data.info.classes),  # for predict/export once data are gone
+            "input_shape": list(self.input_shape),
             "epoch": self.epoch,
             "step": self.step,
             "model": self.model.state_dict(),

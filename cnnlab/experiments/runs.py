@@ -22,7 +22,7 @@ class RunRecord:
     """One run folder as read from disk; only `finished` runs enter result tables."""
 
     path: Path
-    status: str  # finished | unfinished | failed | corrupt
+    status: str  # finished | unfinished | failed | corrupt | val only
     detail: str = ""
     config: dict[str, Any] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +109,12 @@ def read_run(path: Path) -> RunRecord:
             lines = []
         detail = lines[0] if lines else "failed (empty error.txt)"
         return RunRecord(path, "failed", detail, config, {}, history)
+    if config and (config.get("eval") or {}).get("test") is False:
+        # A tuning trial (eval.test=false): it has validation metrics only, by design.
+        detail = (
+            "trained with eval.test=false (a tuning trial): no test metrics; cnnlab tune --show"
+        )
+        return RunRecord(path, "val only", detail, config, {}, history)
     if problems:
         return RunRecord(path, "corrupt", "; ".join(problems), config, {}, history)
     if summary.get("finished") is True:
