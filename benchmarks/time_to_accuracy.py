@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cnnlab.run.evaluate_checkpoint import evaluate_checkpoint
+from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist" / "speedrun.yaml"
 VALIDATION = ["data.val_size=5000"]

@@ -26,6 +26,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="recipe or run config YAML")
     p.add_argument("--out", type=Path, help="run folder (default runs/<recipe>-<timestamp>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder")
+    p.add_argument("--extend-epochs", type=int, metavar="N",
+                   help="with --resume: make the run N epochs long (the LR schedule is "
+                   "recomputed for the new length; see docs/reliability.md)")  # fmt: skip
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -118,6 +121,42 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="folder for probe_<name>.png (default: the run's)")
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify image files or folders with a saved model")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=1, metavar="K", help="classes per image (1)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--tta", choices=["none", "flip"], help="default: the run's eval.tta")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a saved model as ONNX, TorchScript or safetensors")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--format", required=True, help="onnx, torchscript or safetensors")
+    p.add_argument("--out", type=Path, help="file to write (default: beside the checkpoint)")
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="Optuna search of hyper-parameters on the validation split")
+    p.add_argument("recipe", type=Path, nargs="?", help="recipe YAML (not needed with --show)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every trial")
+    p.add_argument("--param", action="append", default=[], metavar="key=log:a:b",
+                   help="searched key: log:a:b, float:a:b, int:a:b or cat:x,y")  # fmt: skip
+    p.add_argument("--trials", type=int, default=20, metavar="N", help="trials in the study (20)")
+    p.add_argument("--val-size", type=int, default=5000, help="validation images (5000)")
+    p.add_argument("--storage", help="Optuna RDB URL (default sqlite:///<out>/study.db)")
+    p.add_argument("--study", help="study name (default: the recipe's name)")
+    p.add_argument("--pruner", choices=["median", "none"], default="median")
+    p.add_argument("--startup-trials", type=int, metavar="N",
+                   help="random trials before TPE / pruning (Optuna: 10 / 5)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (0)")
+    p.add_argument("--workers", type=int, default=1, metavar="K", help="parallel processes (1)")
+    p.add_argument("--out", type=Path, help="study folder (default tunes/<study>)")
+    p.add_argument("--show", action="store_true",
+                   help="print trials, write best.yaml + history.png")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `cnnlab` command."""
     parser = argparse.ArgumentParser(
@@ -133,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_schedule(sub)
     _add_probe(sub)
+    _add_predict(sub)
+    _add_export(sub)
+    _add_tune(sub)
     return parser
 
 
@@ -152,8 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Under torchrun every rank may fail; rank r > 0 says which it is.
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
         where = f"[rank {rank}] " if rank != "0" else ""
+        # One line, even when the message quotes user text with line breaks or control
+        # characters in it: those are shown escaped.
+        text = "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(exc)
+        )
         Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"{where}cnnlab: error: {exc}", markup=False
+            f"{where}cnnlab: error: {text}", markup=False
         )
         return 2
     except KeyboardInterrupt:

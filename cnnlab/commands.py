@@ -28,6 +28,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from cnnlab.engine import distributed
     from cnnlab.engine.progress import ConsoleReporter
     from cnnlab.engine.run_folder import RunFolder, default_run_dir
+    from cnnlab.registry import check_model_options
+    from cnnlab.run.resume_check import resume_config
     from cnnlab.run.training import train_new, train_resume
 
     if args.resume is not None:
@@ -35,12 +37,17 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             raise UserError(
                 "--resume RUN continues a run as configured; drop --config/--out/overrides"
             )
-        cfg = load_config(RunFolder.open(args.resume).config)
-        info = distributed.init_from_env(cfg.train.device)
+        info = distributed.init_from_env(
+            load_config(RunFolder.open(args.resume).config).train.device
+        )
         run = RunFolder.open(args.resume, writer=info.is_main)
+        cfg = resume_config(run, args.extend_epochs)  # refuses an edited config.yaml
         start = train_resume
     else:
+        if args.extend_epochs is not None:
+            raise UserError("--extend-epochs N lengthens a run: use it with --resume RUN")
         cfg = load_config(args.config, args.overrides)
+        check_model_options(cfg.model.name, cfg.model.options())  # before the folder is made
         info = distributed.init_from_env(cfg.train.device)
         # Rank 0 picks (the timestamped default) and creates the folder; the others follow it.
         path = distributed.on_main(
@@ -61,9 +68,10 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         raise
     finally:
         reporter.close()
-    err, top5 = summary["final"]["test_error"], summary["final"]["test_top5_error"]
+    split = "test" if cfg.eval.test else "val"  # eval.test=false: the test split is unread
+    err, top5 = summary["final"][f"{split}_error"], summary["final"][f"{split}_top5_error"]
     console.print(
-        f"done in {summary['wall_seconds']:.0f}s: test error {err:.2f}% "
+        f"done in {summary['wall_seconds']:.0f}s: {split} error {err:.2f}% "
         f"(accuracy {100 - err:.2f}%), top-5 error {top5:.2f}% at the last epoch"
     )
     console.print(f"run folder: {run.path}")
@@ -72,7 +80,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
 def eval(args: argparse.Namespace, console: Console) -> int:  # noqa: A001 - the sub-command's name
     """`cnnlab eval CHECKPOINT`: evaluate a saved model on a dataset split (test by default)."""
-    from cnnlab.run.evaluate_checkpoint import evaluate_checkpoint
+    from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.data_root, args.split, args.tta)
     console.print(
@@ -285,3 +293,55 @@ def probe(args: argparse.Namespace, console: Console) -> int:
         png = plot_probe_map(pm, out / f"probe_{pm.probe}.png", folder.name)
         console.print(f"heat map: {png}")
     return 0
+
+
+def predict(args: argparse.Namespace, console: Console) -> int:
+    """`cnnlab predict CHECKPOINT PATH...`: top-k classes of image files, as the run sees them."""
+    import sys
+
+    from cnnlab.inference import predict as predicting
+    from cnnlab.run.saved_model import load_trained_model
+
+    trained = load_trained_model(args.checkpoint)
+    files = predicting.image_files(args.paths)
+    tta = args.tta or trained.cfg.eval.tta
+    result = predicting.predict_files(trained, files, args.top_k, tta)
+    if args.format == "csv":
+        sys.stdout.write(predicting.csv_text(result))
+    elif args.format == "json":
+        sys.stdout.write(predicting.json_text(result, args.checkpoint, tta))
+    else:
+        k = max((len(p.top) for p in result.predictions), default=1)
+        ranks = (
+            [c for r in range(1, k + 1) for c in (f"class {r}", "p")] if k > 1 else ["class", "p"]
+        )
+        table = Table("image", *ranks)
+        for pred in result.predictions:
+            table.add_row(str(pred.path), *(c for _, n, p in pred.top for c in (n, f"{p:.3f}")))
+        console.print(table)
+        console.print(f"{len(result.predictions)} image(s), {trained.cfg.model.name}, tta {tta}")
+    if result.unreadable:
+        raise UserError(predicting.unreadable_message(result))
+    return 0
+
+
+def export(args: argparse.Namespace, console: Console) -> int:
+    """`cnnlab export CHECKPOINT --format F`: the model in another format, checked, + a card."""
+    from cnnlab.inference.export import export_checkpoint
+
+    done = export_checkpoint(args.checkpoint, args.format, args.out)
+    console.print(
+        f"{done.format}: {done.path} ({done.check}); largest relative logit difference "
+        f"{done.max_rel_diff:.3g} <= tolerance {done.tolerance:g}"
+    )
+    console.print(f"model card: {done.card_json}, {done.card_md}")
+    return 0
+
+
+def tune(args: argparse.Namespace, console: Console) -> int:
+    """`cnnlab tune RECIPE --param ...`: an Optuna study on the validation split; `--show`."""
+    from cnnlab.experiments import tune as tuning
+
+    if args.show:
+        return tuning.show(args, console)
+    return tuning.run_study(args, console)

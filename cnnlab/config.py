@@ -245,6 +245,8 @@ class AugmentConfig(_Section):
     erase_fill: Literal["random", "mean"] = "random"
     patch_shuffle_prob: float = _PROB
     patch_shuffle_size: int = Field(2, ge=2)
+    # Where PatchShuffle acts: [input, stage 1, stage 2, ...]; empty = the input image only.
+    patch_shuffle_stages: list[bool] = Field(default_factory=list)
     mixup_alpha: float = Field(0.0, ge=0)
     cutmix_alpha: float = Field(0.0, ge=0)
     mix_prob: float = Field(1.0, ge=0, le=1)
@@ -258,11 +260,19 @@ class AugmentConfig(_Section):
             raise ValueError(f"needs 0 < low <= high <= 1, got [{low}, {high}]")
         return value
 
+    @model_validator(mode="after")
+    def _patch_shuffle_has_a_probability(self) -> AugmentConfig:
+        if any(self.patch_shuffle_stages) and not self.patch_shuffle_prob:
+            raise ValueError("augment.patch_shuffle_stages needs augment.patch_shuffle_prob > 0")
+        return self
+
 
 class EvalConfig(_Section):
     """How evaluation forms its predictions."""
 
     tta: Literal["none", "flip"] = "none"
+    # false: the test split is neither read nor evaluated (a tuning trial judged on val only)
+    test: bool = True
 
 
 class ReferenceConfig(_Section):
@@ -272,6 +282,12 @@ class ReferenceConfig(_Section):
     source: str
     protocol: str
     row: str
+    # Which epoch the published figure is: the last, or the best test epoch (NR, ReCU code);
+    # `cnnlab report` shows a run's best test epoch beside the latter, for comparison only.
+    selection: Literal["last_epoch", "best_over_epochs", "unstated"] = "unstated"
+    command: str | None = None  # the official command or config the row came from
+    settings: dict[str, str] = Field(default_factory=dict)  # setting -> where it comes from
+    unconfirmed: list[str] = Field(default_factory=list)  # what the sources did not settle
 
 
 class Section(_Section):
@@ -298,6 +314,12 @@ class Config(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     reference: ReferenceConfig | None = None
+
+    @model_validator(mode="after")
+    def _something_is_evaluated(self) -> Config:
+        if not self.eval.test and not self.data.val_size:
+            raise ValueError("eval.test=false needs a validation split (data.val_size > 0)")
+        return self
 
     @model_validator(mode="after")
     def _epochs_in_range(self) -> Config:

@@ -150,6 +150,19 @@ def list_models(pattern: str = "*") -> list[str]:
     return MODELS.names(pattern)
 
 
+def check_model_options(name: str, options: Mapping[str, Any]) -> ModelEntry:
+    """Return the entry of model `name`; an unknown name or option is a UserError (cheap: run
+    before a run folder is made, so a mistyped option leaves no folder behind)."""
+    entry = model_entry(name)
+    allowed = entry.options()
+    for key, value in options.items():
+        if value is not None and key not in allowed:
+            hint = closest(key, allowed)
+            fixed = " (fixed by this variant)" if key in entry.fixed else ""
+            raise UserError(f"model '{name}' has no option '{key}'{fixed}{hint}")
+    return entry
+
+
 def build_model(name: str, **options: Any) -> nn.Module:
     """Build a registered model; None options are dropped so callers may pass them blindly, and
     `in_channels` / `num_classes` are passed only to constructors that take them."""
@@ -159,11 +172,7 @@ def build_model(name: str, **options: Any) -> nn.Module:
     for key in ("in_channels", "num_classes"):
         if key in kwargs and key not in allowed and key not in entry.fixed:
             del kwargs[key]
-    for key in kwargs:
-        if key not in allowed:
-            hint = closest(key, allowed)
-            fixed = " (fixed by this variant)" if key in entry.fixed else ""
-            raise UserError(f"model '{name}' has no option '{key}'{fixed}{hint}")
+    check_model_options(name, kwargs)
     try:
         return entry.build(**kwargs)
     except ValueError as exc:

@@ -1,6 +1,10 @@
 """Fixtures for every test."""
 
 import pytest
+import torch
+
+from cnnlab.data.download import SYSTEM_DIR, cache_dir, search_path
+from tests.helpers import FASHION
 
 
 @pytest.fixture(autouse=True)
@@ -10,3 +14,32 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CNNLAB_CACHE", str(cache))
     monkeypatch.delenv("CNNLAB_DATA", raising=False)
     monkeypatch.delenv("CNNLAB_MIRROR", raising=False)
+    # Fashion-MNIST found outside the Debian folder (downloaded into the cache or $CNNLAB_DATA)
+    # is linked into the isolated cache, where the runs of the tests look.
+    linked = cache_dir("fashion_mnist")
+    if FASHION is not None and FASHION.parent != SYSTEM_DIR and not linked.exists():
+        linked.parent.mkdir(parents=True, exist_ok=True)
+        linked.symlink_to(FASHION, target_is_directory=True)
+
+
+@pytest.fixture
+def fashion_mnist_data():
+    """Return the Fashion-MNIST folder; fail (never skip) when cnnlab cannot find it."""
+    if FASHION is None:
+        looked = ", ".join(str(p) for p in search_path("fashion_mnist"))
+        pytest.fail(
+            f"Fashion-MNIST is not in any folder cnnlab looks in ({looked}); "
+            "`make data` or `cnnlab data fetch fashion_mnist` puts it there",
+            pytrace=False,
+        )
+    return FASHION
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked needs_cuda where there is no CUDA device (they test GPU-only paths)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "needs_cuda" in item.keywords:
+            item.add_marker(skip)

@@ -12,9 +12,12 @@ import pytest
 import torch
 
 from cnnlab.cli import main
+from cnnlab.data.download import locate
 from cnnlab.registry import model_entry
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+# Where cnnlab itself finds Fashion-MNIST ($CNNLAB_DATA, its cache, the Debian folder), looked up
+# at import, before conftest.py isolates the cache and the environment of each test.
+FASHION = locate("fashion_mnist")
 
 # A small but real Fashion-MNIST run: narrow preact-ResNet-20, fixed numerics (so two runs
 # are comparable bit for bit), a few hundred images.
@@ -28,12 +31,35 @@ SMALL = [
     "train.eval_batch_size=200",
     "train.precision=fp32",
     "train.channels_last=false",
+    "train.device=cpu",  # bit-for-bit comparisons need the same kernels on every machine
 ]
 
-needs_fashion = pytest.mark.skipif(
-    not (FASHION / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (make data installs it)",
-)
+# The smallest real run: 2 epochs of 4 steps on 256 images, on the CPU (runs compared bit for bit
+# across processes need the same kernels), every epoch evaluated and probed.
+TINY_CPU = [
+    "model.base_width=4",
+    "data.train_limit=256",
+    "data.test_limit=128",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "train.batch_size=64",
+    "train.eval_batch_size=128",
+    "train.precision=fp32",
+    "train.channels_last=false",
+    "train.device=cpu",
+    "probes.batch_size=64",
+    "eval.tta=none",
+]
+
+# A missing dataset fails these tests with a message (conftest.py's fixture), never skips them.
+needs_fashion = pytest.mark.usefixtures("fashion_mnist_data")
+
+
+def assert_learned(error: float, measured: float, chance: float) -> None:
+    """Assert a learning test's error stays near the error it measured: at most a quarter of the
+    way from `measured` to `chance`, so a model that learns half as well (halfway) fails."""
+    bound = measured + (chance - measured) / 4
+    assert error <= bound, f"error {error:.2f}% > {bound:.2f}% (measured {measured}%)"
 
 
 def cli(*args: str) -> int:

@@ -14,8 +14,10 @@ from cnnlab.data.loader import InMemoryLoader
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.distributed import DistInfo, convert_sync_bn
 from cnnlab.errors import UserError
-from cnnlab.run.evaluate_checkpoint import evaluate_checkpoint
-from tests.helpers import needs_fashion, read_metrics, without_timing
+from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
+from tests.helpers import assert_learned, needs_fashion, read_metrics, without_timing
+
+MEASURED_DDP = 41.75  # test error (%) measured: 2 processes x 2 epochs, fp32 on the CPU
 
 RUN_ARGS = [
     "data.train_limit=1000",
@@ -108,7 +110,7 @@ def test_torchrun_two_processes_learn_write_one_run_folder_and_resume_exactly(tm
     rows = read_metrics(whole)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-    assert rows[-1]["test_error"] < 75.0  # 10 classes: chance is 90 %
+    assert_learned(rows[-1]["test_error"], measured=MEASURED_DDP, chance=90.0)
 
     # The resumed run ends bit for bit where the uninterrupted one did.
     a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(stopped / "last.pt")

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnnlab"
 # share a rank (models and data) may not import each other.
 LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (0, "core", ("cnnlab.errors", "cnnlab.registry")),
-    (1, "config", ("cnnlab.config",)),
+    (1, "config", ("cnnlab.config", "cnnlab.config_diff")),
     (2, "models", ("cnnlab.models",)),
     (2, "data", ("cnnlab.data",)),
     (3, "analysis", ("cnnlab.analysis",)),

@@ -17,7 +17,9 @@ from cnnlab.models.binary import (
     standardize_filters,
 )
 from cnnlab.registry import build_model
-from tests.helpers import SMALL, cli, needs_fashion, read_metrics
+from tests.helpers import SMALL, assert_learned, cli, needs_fashion, read_metrics
+
+MEASURED_RECU = 73.5  # test error (%) measured: this seed, fp32 on the CPU: the same on a rerun
 
 torch.set_num_threads(1)
 
@@ -172,8 +174,8 @@ def test_short_fashion_mnist_training_of_resnet20_1w1a_learns(tmp_path):
             "train.label_smoothing=0"]  # fmt: skip
     assert cli("train", "--out", str(run), *args) == 0  # 48 steps
     rows = read_metrics(run)
-    # Chance is 90 %; this seed measured 80.0, 69.5, 70.75 (fp32, so the same on a rerun).
-    assert rows[-1]["test_error"] < 80
+    # Chance is 90 %.
+    assert_learned(rows[-1]["test_error"], measured=MEASURED_RECU, chance=90.0)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     taus = [r["recu_tau"] for r in rows]
     assert taus[0] == pytest.approx(0.85) and taus[0] < taus[1] < taus[2] < 0.99

@@ -11,7 +11,7 @@ from cnnlab.data.augment import BatchAugment, cutout, patch_shuffle, random_eras
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.data.mixing import BatchMixer
 from cnnlab.data.sources import load_split
-from tests.helpers import SMALL, cli, needs_fashion, read_metrics
+from tests.helpers import SMALL, assert_learned, cli, needs_fashion, read_metrics
 
 pytestmark = needs_fashion
 N = 3000
@@ -230,6 +230,21 @@ VARIANTS = {
 }
 
 
+# Test error (%) each variant measured (this seed, fp32 on the CPU, so the same on a rerun);
+# "ema_weights" is the averaged weights of the "ema" run. Mixing slows learning in 2 epochs.
+MEASURED = {
+    "plain": 38.5,
+    "cutout": 38.75,
+    "random_erasing": 39.0,
+    "mixup": 49.5,
+    "cutmix": 59.25,
+    "label_smoothing": 38.5,
+    "patch_shuffle": 31.75,
+    "ema": 38.5,
+    "ema_weights": 48.75,
+}
+
+
 @pytest.fixture(scope="module")
 def cached_splits():
     # Each run would read the 60,000 training images again; read them once for all variants.
@@ -249,6 +264,6 @@ def test_each_regulariser_still_learns(tmp_path, monkeypatch, cached_splits, nam
     assert cli("train", "--out", str(run), *args) == 0
     last = read_metrics(run)[-1]
     assert math.isfinite(last["train_loss"])
-    assert last["test_error"] < 65.0, last
+    assert_learned(last["test_error"], measured=MEASURED[name], chance=90.0)
     if name == "ema":
-        assert last["ema_test_error"] < 65.0, last
+        assert_learned(last["ema_test_error"], measured=MEASURED["ema_weights"], chance=90.0)

@@ -6,8 +6,10 @@ import torch
 import yaml
 
 from cnnlab.engine.checkpoint import load_checkpoint
-from cnnlab.run.evaluate_checkpoint import evaluate_checkpoint
-from tests.helpers import SMALL, cli, needs_fashion, read_metrics, without_timing
+from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
+from tests.helpers import SMALL, assert_learned, cli, needs_fashion, read_metrics, without_timing
+
+MEASURED_TRAIN = 24.25  # test error (%) measured: 3 epochs of 3,000 images, fp32 on the CPU
 
 pytestmark = needs_fashion
 
@@ -29,7 +31,7 @@ def test_a_short_real_run_learns_and_fills_its_run_folder(tmp_path, capsys):
                 "seconds", "images_per_s"):  # fmt: skip
         assert key in rows[-1], key
     # 10 classes: chance is 90 % error. A few hundred steps must do far better.
-    assert rows[-1]["test_error"] < 40.0
+    assert_learned(rows[-1]["test_error"], measured=MEASURED_TRAIN, chance=90.0)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 
     summary = json.loads((run / "summary.json").read_text())

@@ -193,9 +193,9 @@ def test_erase_relu_counts():
         (lambda **kw: DenseNet(depth=16, growth=4, post_activation=True, **kw), 15, 9, 12),
         # PyramidNet-20 bottleneck (2 units/stage): 2 per unit + head.
         (lambda **kw: PyramidNet(depth=20, alpha=12, block="bottleneck", **kw), 13, 7, 10),
-        # VGG-15: 13 convs in 5 groups; ratio 0.5 -> round(2.5) = 2 groups.
-        (lambda **kw: CifarVGG(layout=VGG_LAYOUTS["vgg15"], **kw), 13, 8, 11),
-        # NR VGG-19: 16 convs in 3 groups; ratio 0.5 -> round(1.5) = 2 groups.
+        # VGG-15: 13 convs in 5 groups; ratio 0.5 -> 2.5, halves up: 3 groups.
+        (lambda **kw: CifarVGG(layout=VGG_LAYOUTS["vgg15"], **kw), 13, 8, 10),
+        # NR VGG-19: 16 convs in 3 groups; ratio 0.5 -> 1.5, halves up: 2 groups.
         (lambda **kw: CifarVGG(layout=VGG_LAYOUTS["vgg19_nr"], **kw), 16, 13, 14),
     ]
     for build, kept, all_erased, half_erased in cases:

@@ -189,7 +189,8 @@ class BatchAugment:
         return cls(
             crop_padding=cfg.crop_padding,
             flip=cfg.flip,
-            patch_shuffle_prob=cfg.patch_shuffle_prob,
+            # A stage mask whose first flag (the input image) is off leaves the images alone.
+            patch_shuffle_prob=cfg.patch_shuffle_prob * (cfg.patch_shuffle_stages or [True])[0],
             patch_shuffle_size=cfg.patch_shuffle_size,
             cutout_size=cfg.cutout_size,
             cutout_prob=cfg.cutout_prob,

@@ -62,7 +62,7 @@ class Splits:
 
     train: ArrayDataset
     val: ArrayDataset | None
-    test: ArrayDataset
+    test: ArrayDataset | None  # None: a run that never looks at the test set (tuning)
     info: DatasetInfo
     description: str = ""
 
@@ -107,7 +107,7 @@ def normalised_as(
 
 def assemble(
     train: ArrayDataset,
-    test: ArrayDataset,
+    test: ArrayDataset | None,
     *,
     val_size: int = 0,
     split_seed: int = 0,
@@ -117,13 +117,14 @@ def assemble(
     std: Sequence[float] | None = None,
 ) -> Splits:
     """Hold out validation images, apply the limits and the normalisation, in that order."""
-    test = first(test, test_limit)
+    test = first(test, test_limit) if test is not None else None
     val = None
     if val_size:
         train, val = split_validation(train, val_size, split_seed)
     train = first(train, train_limit)
     info = normalised_as(train.info, mean, std)
-    sizes = f"{len(train)} train, {len(val) if val else 0} val, {len(test)} test"
+    tested = len(test) if test is not None else "no"
+    sizes = f"{len(train)} train, {len(val) if val else 0} val, {tested} test"
     return Splits(train, val, test, info, f"{info.name}: {sizes} images")
 
 
@@ -132,15 +133,13 @@ def load(
     root: str | None = None,
     *,
     download: bool = True,
-    val_size: int = 0,
-    split_seed: int = 0,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    test: bool = True,
+    **options: Any,
 ) -> Splits:
     """Read registered dataset `name` (located in `root`, the cache or the system folders, or
-    downloaded and verified) and return its splits."""
+    downloaded and verified) and return its splits (without `test`, the test split is not
+    even read); `options` are those of `assemble` (val_size, split_seed, train_limit,
+    test_limit, mean, std)."""
     entry = dataset_entry(name)
     if entry.read is None:
         raise UserError(
@@ -148,11 +147,7 @@ def load(
             "cnnlab.train(config) or `cnnlab train data.name=folder data.root=DIR`"
         )
     train = entry.read("train", root, download)
-    test = entry.read("test", root, download)
-    return assemble(
-        train, test, val_size=val_size, split_seed=split_seed, train_limit=train_limit,
-        test_limit=test_limit, mean=mean, std=std,
-    )  # fmt: skip
+    return assemble(train, entry.read("test", root, download) if test else None, **options)
 
 
 def _check_split(images: Any, labels: Any, what: str, num_classes: int) -> None:

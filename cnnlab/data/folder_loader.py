@@ -22,10 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.data.augment import BatchAugment, to_model_input
 from cnnlab.data.folder import Samples
+from cnnlab.data.image_file import open_image, to_eight_bit
 from cnnlab.data.loader import (
     Batch,
     BatchLoader,
@@ -89,14 +91,7 @@ def centre_box(
     return left, top, left + side, top + side
 
 
-def _open_pil(path: str):  # noqa: ANN202 - a PIL image
-    from PIL import Image
-
-    return Image.open(path)
-
-
 def _open_torchvision(path: str, gray: bool):  # noqa: ANN202 - a PIL image
-    from PIL import Image
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     mode = ImageReadMode.GRAY if gray else ImageReadMode.RGB
@@ -106,17 +101,20 @@ def _open_torchvision(path: str, gray: bool):  # noqa: ANN202 - a PIL image
 
 def decode_view(path: str, view: ImageView, rng: np.random.Generator | None) -> np.ndarray:
     """Decode `path` and return its (S, S, C) uint8 view; `rng` drives the random crop."""
-    from PIL import Image
+    # Reads the header only: an empty file or a bomb is refused before any decoder runs.
+    with open_image(path) as pil:
+        image = None
+        if view.decoder == "torchvision" and path.lower().endswith((".jpg", ".jpeg", ".png")):
+            try:
+                image = _open_torchvision(path, view.gray)
+            except Exception:  # noqa: BLE001 - let Pillow decode it and name the real problem
+                image = None
+        return view_pixels(to_eight_bit(pil) if image is None else image, view, rng)
 
+
+def view_pixels(image: Image.Image, view: ImageView, rng: np.random.Generator | None) -> np.ndarray:
+    """Return the (S, S, C) uint8 view of an opened PIL image; `rng` drives the random crop."""
     mode = "L" if view.gray else "RGB"
-    image = None
-    if view.decoder == "torchvision" and path.lower().endswith((".jpg", ".jpeg", ".png")):
-        try:
-            image = _open_torchvision(path, view.gray)
-        except Exception:  # noqa: BLE001 - let Pillow decode it and name the real problem
-            image = None
-    if image is None:
-        image = _open_pil(path)
     width, height = image.size
     size = view.image_size
     if view.random_crop:

@@ -35,6 +35,7 @@ from cnnlab.data.folder_loader import FolderLoader, ImageView
 from cnnlab.data.image_size import auto_image_size
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.data.mixing import BatchMixer
+from cnnlab.data.sources import DATASETS as BUILTIN_INFO
 from cnnlab.data.sources import ArrayDataset, DatasetInfo
 from cnnlab.errors import UserError
 
@@ -44,11 +45,12 @@ CROP_RATIO = 0.875  # eval: resize the shorter side to image_size / 0.875, take 
 
 @dataclass
 class DataBundle:
-    """The loaders of one run; `val` is None unless data.val_size > 0."""
+    """The loaders of one run; `val` is None unless data.val_size > 0, `test` when
+    eval.test=false (then the test split is not even read)."""
 
     train: Loader
     val: Loader | None
-    test: Loader
+    test: Loader | None
     info: DatasetInfo
     description: str = ""  # where the images came from, for the run's log
 
@@ -115,6 +117,27 @@ def folder_info(d: DataConfig, classes: tuple[str, ...]) -> DatasetInfo:
         classes=classes,
     )
     return normalised_as(info, d.mean, d.std)
+
+
+def run_info(
+    d: DataConfig, classes: tuple[str, ...] | None = None, image_size: int | None = None
+) -> DatasetInfo:
+    """Return the DatasetInfo a run of data config `d` trained with (channels, size,
+    normalisation, class names) without reading images where it can: an image folder's class
+    names are `classes` when given, else listed from the folder, and its size `image_size`
+    (what data.image_size=auto chose, kept in the checkpoint) when given, else chosen again."""
+    if d.name == "folder":
+        if d.image_size == "auto":
+            if image_size is not None:
+                d = d.model_copy(update={"image_size": image_size})
+            else:
+                d, _ = with_image_size(d, load_folder_splits(d).train)
+        return folder_info(d, classes if classes is not None else load_folder_splits(d).classes)
+    known = BUILTIN_INFO.get(d.name)
+    if known is None:  # a user's registered dataset says what it is only when read
+        known = dataset_entry(d.name).read("train", d.root, d.download).info
+    info = normalised_as(known, d.mean, d.std)
+    return replace(info, classes=classes) if classes is not None else info
 
 
 def folder_view(d: DataConfig, train: bool) -> ImageView:
@@ -196,11 +219,12 @@ def _build_folder(
             rank=rank, world=world, warn=warn, still_view=folder_view(d, False),
         )  # fmt: skip
 
-    sizes = f"{len(train)} train, {len(val) if val else 0} val, {len(test)} test images"
+    tested = len(test) if cfg.eval.test else "no"
+    sizes = f"{len(train)} train, {len(val) if val else 0} val, {tested} test images"
     return DataBundle(
         train=loader(train, True),
         val=loader(val, False) if val is not None else None,
-        test=loader(test, False),
+        test=loader(test, False) if cfg.eval.test else None,
         info=info,
         description=f"{splits.layout}; {len(splits.classes)} classes; {sizes}; {size_note}",
     )
@@ -220,6 +244,7 @@ def build_data(
     splits = load(
         d.name, d.root, download=d.download, val_size=d.val_size, split_seed=d.split_seed,
         train_limit=d.train_limit, test_limit=d.test_limit, mean=d.mean, std=d.std,
+        test=cfg.eval.test,
     )  # fmt: skip
     _check_batch(cfg, len(splits.train), world)
     return make_loaders(splits, cfg.train, cfg.augment, device, rank, world)
@@ -250,7 +275,7 @@ def make_loaders(
     return DataBundle(
         train=loader(splits.train, True),
         val=loader(splits.val, False) if splits.val is not None else None,
-        test=loader(splits.test, False),
+        test=loader(splits.test, False) if splits.test is not None else None,
         info=info,
         description=splits.description,
     )

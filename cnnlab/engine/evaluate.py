@@ -7,6 +7,7 @@ from torch import nn
 
 from cnnlab.data.pipeline import Loader
 from cnnlab.engine.distributed import reduce_sum
+from cnnlab.engine.faults import fault_point
 from cnnlab.engine.numerics import Numerics
 
 
@@ -51,6 +52,7 @@ def evaluate(
         wrong1 += (~hit[:, 0]).sum()
         wrong5 += (~hit.any(dim=1)).sum()
         count += len(batch.labels)
+        fault_point("eval_batch")
     model.train(was_training)
     count_t = torch.tensor(float(count), device=device, dtype=torch.float64)
     sums = reduce_sum(torch.stack([total_loss, wrong1.double(), wrong5.double(), count_t]))

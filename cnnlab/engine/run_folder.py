@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnlab.engine.checkpoint import atomic_write_text
+from cnnlab.engine.checkpoint import TEMP_SUFFIX, atomic_write_text
 from cnnlab.errors import UserError
 
 
@@ -43,6 +43,10 @@ class RunFolder:
     def create(cls, path: Path) -> RunFolder:
         """Make a new run folder; a non-empty existing folder or an unwritable place is an error."""
         path = Path(path)
+        if path.is_dir() and all(TEMP_SUFFIX in p.suffixes for p in path.iterdir()):
+            # A start killed while writing its config.yaml left only that temp file: no run yet.
+            for p in path.iterdir():
+                p.unlink()
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             resumable = (path / "config.yaml").is_file()
             hint = (
@@ -72,6 +76,19 @@ class RunFolder:
         if not run.config.is_file():
             raise UserError(f"{path} is not a run folder (it has no config.yaml)")
         return run
+
+    def discard_temp_files(self) -> list[str]:
+        """Delete the temp files that writes cut short by a kill left behind (never read: each
+        was renamed over its file only once complete), log and return their names."""
+        if not self.writer:
+            return []
+        # NAME.tmp from the atomic writes, curves.png.tmp.png from the curves plot.
+        stray = sorted(p for p in self.path.iterdir() if p.is_file() and TEMP_SUFFIX in p.suffixes)
+        for p in stray:
+            p.unlink()
+        if stray:
+            self.log(f"removed unfinished writes of a killed session: {[p.name for p in stray]}")
+        return [p.name for p in stray]
 
     def log(self, line: str) -> None:
         """Append a line to log.txt."""

@@ -30,12 +30,14 @@ from cnnlab.config import (
     ScheduleConfig,
     validate_core,
 )
+from cnnlab.config_diff import config_differences
 from cnnlab.data.datasets import Splits, load
 from cnnlab.data.pipeline import DataBundle, make_loaders
 from cnnlab.engine import distributed
 from cnnlab.engine.backends import apply_backend_policy, deterministic_pooling
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -43,13 +45,13 @@ from cnnlab.engine.checkpoint import (
     set_rng_state,
 )
 from cnnlab.engine.evaluate import evaluate
+from cnnlab.engine.faults import fault_point
 from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict, precision_note
 from cnnlab.engine.optim import Schedule, build_optimizer
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.step import EpochClock, make_scaler, train_step
 from cnnlab.errors import UserError
 
-CHECKPOINT_FORMAT = 1
 Data = Splits | DataBundle | str
 Section = Mapping[str, Any] | None
 
@@ -270,6 +272,14 @@ class Trainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Restore model, optimizer, RNG, counters and callbacks from a checkpoint."""
+        if not self.from_config and state.get("settings"):
+            # A run of a user's own module: its settings must be the ones it started with.
+            edits = config_differences(validate_core(state["settings"]), self.cfg)
+            if edits:
+                raise UserError(
+                    f"cannot resume {self.run.path}: the settings differ from the run's "
+                    f"({'; '.join(edits)}); resume continues a run exactly as it started"
+                )
         saved = state.get("numerics", {})
         # A method that reshaped the network rebuilds those shapes before the weights load.
         for cb in self.callbacks:
@@ -315,6 +325,8 @@ class Trainer:
             # keeps only its settings.
             "config": self.cfg.model_dump(mode="json") if self.from_config else None,
             "settings": self.cfg.model_dump(mode="json"),
+            "classes": list(self.data.info.classes),  # for predict/export once data are gone
+            "input_shape": list(self.input_shape),
             "epoch": self.epoch,
             "step": self.step,
             "model": self.model.state_dict(),
@@ -346,6 +358,7 @@ class Trainer:
         self.architecture = architecture
         self._place_model(self.numerics)
         self.params = count_params(self.model)
+        fault_point("model_rebuild")
 
     def reshape_model(self, model: nn.Module, architecture: dict[str, Any]) -> None:
         """Before a resume loads the weights: use `model`, rebuilt to a saved architecture."""
@@ -369,11 +382,13 @@ class Trainer:
             # metrics.jsonl may hold an epoch that finished after the checkpoint was written.
             self.run.write_metrics(self.history)
         else:
-            if self.run.writer:
+            if self.run.writer and not self.resume:
                 self.run.log(
                     f"model {self.model_name}: {self.params} params, {self.flops} FLOPs/image"
                 )
             self.start_fresh()
+        if self.resume:
+            self.run.discard_temp_files()  # half-written files of the killed session
 
     # ------------------------------------------------------------------------------ loop
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -396,6 +411,7 @@ class Trainer:
                 model, opt, self.numerics, self.scaler, batch.images, targets, smoothing,
                 self._before_step,
             )  # fmt: skip
+            fault_point("train_step")
             losses[i] = out.loss
             # Under mixing, a prediction counts as right when it names the dominant label.
             correct += (out.logits.argmax(1) == (targets.argmax(1) if soft else targets)).sum()

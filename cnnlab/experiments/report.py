@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.config_diff import flatten
 from cnnlab.errors import UserError, closest
 from cnnlab.experiments.plan import find_sweep, sweep_command
-from cnnlab.experiments.runs import RunRecord, find_run_dirs, flatten, read_run
+from cnnlab.experiments.runs import RunRecord, find_run_dirs, read_run
 
 SEED_KEY = "train.seed"
 NO_VAL = "none — last epoch"
@@ -106,6 +107,13 @@ def _test_error_at_best(record: RunRecord) -> float | None:
     return rows[-1]["test_error"] if rows and _best_by(record) == "val split" else None
 
 
+def _best_test_epoch_error(record: RunRecord) -> float | None:
+    # The papers' protocol for best-over-epochs rows (NR, ReCU): shown beside them only, never
+    # used to choose a checkpoint. Over the epochs the run tested (train.eval_every).
+    errors = [r["test_error"] for r in record.history if "test_error" in r]
+    return min(errors) if errors else None
+
+
 def _shown_path(path: Path) -> str:
     # Short and runnable from here: relative below the working folder, absolute elsewhere.
     try:
@@ -178,6 +186,8 @@ def summarize(group: Group) -> dict[str, Any]:
 
     reference = (group.runs[0].config or {}).get("reference")
     reference = reference if isinstance(reference, dict) else {}
+    best_epoch = [e for e in map(_best_test_epoch_error, group.runs) if e is not None]
+    paper_best = reference.get("selection") == "best_over_epochs" and best_epoch
     ref_value = reference.get("value")
     ref_ok = isinstance(ref_value, (int, float)) and not isinstance(ref_value, bool)
     n = len(group.runs)
@@ -199,6 +209,8 @@ def summarize(group: Group) -> dict[str, Any]:
         "train_images_per_s_median": median_of("train_images_per_s"),
         "reference": ref_value if ref_ok else None,
         "reference_protocol": reference.get("protocol"),
+        "reference_selection": reference.get("selection"),
+        "test_error_best_test_epoch_median": statistics.median(best_epoch) if paper_best else None,
         "reference_source": reference.get("source"),
         "reference_row": reference.get("row"),
         "median_minus_reference": errors["median"] - ref_value if ref_ok else None,
@@ -251,12 +263,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     with_ref = any(r["reference"] is not None or r["reference_source"] for r in rows)
     with_val = any(r["test_error_at_best_val_median"] is not None for r in rows)
     with_notes = any(r["not_finished"] for r in rows)
+    with_paper_best = any(r.get("test_error_best_test_epoch_median") is not None for r in rows)
     head = ["config", "n", "test err median", "mean ± std", "min", "max", "top-5 median",
             "top-5 mean ± std", "params", "FLOPs", "wall s (median)", "img/s (median)"]  # fmt: skip
     mixed_best = len({r["best_checkpoint_on"] for r in rows}) > 1
     head += ["best checkpoint on"] if mixed_best else []
     head += ["test err at best-val epoch"] if with_val else []
     head += ["reference", "median − ref", "source"] if with_ref else []
+    head += ["best test epoch, paper's protocol (comparison only)"] if with_paper_best else []
     head += ["not finished"] if with_notes else []
     probes = sorted({k for r in rows for k in r if k.startswith("probe_")})
     head += [f"{k.removeprefix('probe_').removesuffix('_median')} % (median)" for k in probes]
@@ -288,6 +302,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             if r["reference_caveat"]:
                 delta += f" ({r['reference_caveat']})"
             cells += [ref, delta, source or "–"]
+        if with_paper_best:
+            cells.append(_num(r.get("test_error_best_test_epoch_median")))
         if with_notes:
             cells.append(str(r["not_finished"] or ""))
         cells += [_num(r.get(k)) for k in probes]

@@ -22,7 +22,7 @@ class RunRecord:
     """One run folder as read from disk; only `finished` runs enter result tables."""
 
     path: Path
-    status: str  # finished | unfinished | failed | corrupt
+    status: str  # finished | unfinished | failed | corrupt | val only
     detail: str = ""
     config: dict[str, Any] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +109,12 @@ def read_run(path: Path) -> RunRecord:
             lines = []
         detail = lines[0] if lines else "failed (empty error.txt)"
         return RunRecord(path, "failed", detail, config, {}, history)
+    if config and (config.get("eval") or {}).get("test") is False:
+        # A tuning trial (eval.test=false): it has validation metrics only, by design.
+        detail = (
+            "trained with eval.test=false (a tuning trial): no test metrics; cnnlab tune --show"
+        )
+        return RunRecord(path, "val only", detail, config, {}, history)
     if problems:
         return RunRecord(path, "corrupt", "; ".join(problems), config, {}, history)
     if summary.get("finished") is True:
@@ -121,14 +127,3 @@ def read_run(path: Path) -> RunRecord:
         f"or with `cnnlab train --resume {path}`"
     )
     return RunRecord(path, "unfinished", detail, config, {}, history)
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into dotted keys: {'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

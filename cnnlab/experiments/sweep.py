@@ -23,11 +23,12 @@ import torch
 from rich.console import Console
 
 from cnnlab.config import Config, load_config
+from cnnlab.config_diff import config_differences
+from cnnlab.engine.faults import fault_point
 from cnnlab.engine.progress import ConsoleReporter
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.errors import UserError
 from cnnlab.experiments.plan import PlannedRun, SweepSpec, run_overrides
-from cnnlab.experiments.runs import flatten
 from cnnlab.run.training import train_new, train_resume
 
 try:  # POSIX advisory locks; released by the kernel when the holder dies, even by kill -9
@@ -80,12 +81,6 @@ def _run_lock(out: Path, index: int, blocking: bool) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _config_drift(stored: Config, wanted: Config) -> list[str]:
-    a, b = flatten(stored.model_dump(mode="json")), flatten(wanted.model_dump(mode="json"))
-    keys = sorted(a.keys() | b.keys())
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
-
-
 def _train(
     spec: SweepSpec, planned: PlannedRun, folder: Path, console: Console
 ) -> tuple[str, dict]:
@@ -105,7 +100,7 @@ def _start_or_resume(wanted: Config, run: RunFolder, callbacks: list) -> tuple[s
             shutil.rmtree(run.path)
         return "trained", train_new(wanted, RunFolder.create(run.path), callbacks)
     stored = load_config(run.config)  # a missing or damaged config.yaml is a clear error
-    drift = _config_drift(stored, wanted)
+    drift = config_differences(stored, wanted)
     if drift:
         raise UserError(
             f"{run.path} was started with another config than the sweep now gives "
@@ -192,6 +187,7 @@ def _run_serial(
             deferred.append(planned)
         else:
             report(outcome)
+        fault_point("sweep_between_runs")
     for planned in deferred:  # waits for the other process, then finds the run finished
         report(run_one(spec, planned, out, blocking=True, console=console))
 

@@ -26,6 +26,7 @@ from cnnlab.analysis.dead import (
 )
 from cnnlab.config import Section
 from cnnlab.engine.callbacks import Callback
+from cnnlab.engine.faults import fault_point
 from cnnlab.methods.probe import Probe, ProbeResult
 from cnnlab.registry import PROBES, register_method, register_probe
 
@@ -163,6 +164,7 @@ class ProbeCallback(Callback):
         with torch.no_grad(), numerics.autocast(trainer.device):
             for probe in self.probes:
                 result = probe.measure(model, batches)
+                fault_point("probe_measure")
                 if result.summary is None:
                     continue  # the model has no layer of this kind
                 row[f"probe_{probe.name}"] = result.summary

@@ -13,7 +13,8 @@ transitions are conv-BN-ReLU-avgpool and the classifier sits right after the las
 
 EraseReLU (METHODS §1, cnnlab's reading): each dense unit is a module and loses its last ReLU --
 the one before its last conv in a pre-activation unit, the one after its last norm in a
-post-activation unit -- in round(ratio*n) units of each block, spread evenly, last included.
+post-activation unit -- in ratio*n units of each block (halves up, layers.erased_modules),
+spread evenly, last included.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,12 +56,15 @@ def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
 def erased_modules(count: int, ratio: float) -> set[int]:
     """Return which of `count` modules of a stage lose their last ReLU under EraseReLU.
 
-    cnnlab's rule (METHODS §1 open items): round(ratio * count) modules, spread evenly, the
-    last module always included.
+    cnnlab's rule (METHODS §1 open items; the paper's own is unconfirmed): ratio * count
+    rounded to the nearest whole number with halves rounded up (not Python's round(), which
+    rounds halves to even: 4.5 -> 4 but 1.5 -> 2), so ratio 0.5 erases 5 of 9 modules and 2
+    of 3; spread evenly, the last module always included. The ratio is read from its decimal
+    text so that 0.35 * 10 counts as 3.5, not 3.4999...
     """
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"erase_relu_ratio must lie in [0, 1], got {ratio}")
-    k = round(ratio * count)
+    k = math.floor(Fraction(str(ratio)) * count + Fraction(1, 2))
     return {count - 1 - (i * count) // k for i in range(k)} if k else set()
 
 

@@ -1,9 +1,19 @@
 """Pre-activation CIFAR ResNet (He et al. 2016b) with the block-design options of METHODS §4.
 
 Options: `remove_first_relu`, `add_last_bn`, `preact_stage` (whether the first block of each
-stage pre-activates the input it shares with its shortcut), SE, and EraseReLU, which in a
-pre-activation unit removes the unit's last ReLU (the one before its last conv; cnnlab's
+stage pre-activates the input it shares with its shortcut), `channel_plan`, SE, and EraseReLU,
+which in a pre-activation unit removes the unit's last ReLU (the one before its last conv; cnnlab's
 reading of the EraseReLU rule, see docs/architecture.md).
+
+`channel_plan` "he" (He et al. 2016b): a `base_width` stem, stage outputs
+w, 2w, 4w (x4 for bottleneck units) with w = base_width * widen. "hysts"
+(hysts/pytorch_image_classification models/resnet_preact.py at 72f898b/3a55012:
+`n_channels = [base_channels, base_channels * 2 * expansion, base_channels * 4 * expansion]`,
+stem conv to n_channels[0], stage 1 maps n_channels[0] -> n_channels[0]): the stem has
+w = base_width * widen channels and stage outputs are w, 2w*e, 4w*e, so stage 1 keeps the stem
+width and its shortcuts are identities. The plans agree for basic units at widen 1; they differ
+for bottleneck nets (hysts' ResNet-preact-164 ends stage 1 at 16 channels, He's at 64) and for
+widen > 1 (hysts' "widening factor 4" is base_channels 64: a 64-channel stem).
 """
 
 from __future__ import annotations
@@ -92,6 +102,7 @@ class PreactResNet(nn.Module):
         remove_first_relu: bool = False,
         add_last_bn: bool = False,
         preact_stage: Sequence[bool] = (True, True, True),
+        channel_plan: str = "he",
         erase_relu: bool = False,
         erase_relu_ratio: float = 1.0,
         se: bool = False,
@@ -102,13 +113,21 @@ class PreactResNet(nn.Module):
         if len(preact_stage) != 3:
             raise ValueError(f"preact_stage needs 3 flags, got {list(preact_stage)}")
         bottleneck, n = residual_blocks(depth, block, "pre-activation ResNet")
+        if channel_plan not in ("he", "hysts"):
+            raise ValueError(f"channel_plan must be 'he' or 'hysts', got '{channel_plan}'")
+        expansion = 4 if bottleneck else 1
+        width = base_width * widen
+        if channel_plan == "he":
+            stem_width, outs = base_width, [width * 2**s * expansion for s in range(3)]
+        else:
+            stem_width, outs = width, [width, 2 * width * expansion, 4 * width * expansion]
         erased = erased_modules(n, erase_relu_ratio) if erase_relu else set()
 
-        self.stem = conv3x3(in_channels, base_width)
+        self.stem = conv3x3(in_channels, stem_width)
         layers: list[nn.Module] = []
-        in_ch = base_width
+        in_ch = stem_width
         for stage in range(3):
-            planes = base_width * widen * 2**stage
+            planes = outs[stage] // expansion
             for i in range(n):
                 unit = PreactBlock(
                     in_ch,
@@ -123,7 +142,7 @@ class PreactResNet(nn.Module):
                     se=se_reduction if se else 0,
                 )
                 layers.append(unit)
-                in_ch = planes * 4 if bottleneck else planes
+                in_ch = outs[stage]
         self.stages = nn.Sequential(*layers)
         self.head = nn.Sequential(
             norm2d(norm, in_ch), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()
@@ -148,3 +167,12 @@ for _depth, _block in ((20, "basic"), (50, "basic"), (56, "basic"), (110, "basic
         depth=_depth,
         block=_block,
     )
+# hysts' ResNet-preact-164 bottleneck (the 5.90 row): stage outputs 16 / 128 / 256.
+register_variant(
+    "preact_resnet164_hysts",
+    PreactResNet,
+    "pre-activation ResNet-164, bottleneck units, hysts' channel plan (16/128/256 outputs)",
+    depth=164,
+    block="bottleneck",
+    channel_plan="hysts",
+)

@@ -10,7 +10,8 @@ EraseReLU (METHODS §1): PyramidNet units already end linearly (a norm, no ReLU 
 addition), so there is no final ReLU to erase. The basic unit has a single ReLU; removing it
 would make the unit a purely linear map, so `erase_relu` is refused for basic units. In a
 bottleneck unit, cnnlab's pre-activation reading applies: the ReLU before the last conv is
-removed, in round(ratio*N) units per stage, spread evenly, last included.
+removed, in ratio*N units per stage (halves up, layers.erased_modules), spread evenly, last
+included.
 """
 
 from __future__ import annotations

@@ -47,11 +47,12 @@ def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:
 
 
 def _kaiming(model: nn.Module) -> None:
+    # ReCU cifar/models_cifar/resnet.py and resnet2.py, `_weights_init`: Kaiming normal on
+    # nn.Conv2d only (binary convs subclass it); the nn.Linear classifier keeps PyTorch's
+    # default init. Convs carry no bias there.
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 def _stages(

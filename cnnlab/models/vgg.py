@@ -10,7 +10,7 @@ Max pools use ceil_mode so that five of them still leave a 1x1 map from 28x28 in
 inputs are unaffected), and the head pools adaptively, so 28x28 and 32x32 inputs both work.
 
 EraseReLU (METHODS §1, cnnlab's reading): each group of convs ending at a pool (or at the head)
-is a module; the ReLU of its last conv is removed in round(ratio*N) of the N groups, spread
+is a module; the ReLU of its last conv is removed in ratio*N (halves up) of the N groups, spread
 evenly, the last group always included.
 """
 

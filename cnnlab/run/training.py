@@ -21,6 +21,7 @@ from cnnlab.engine.run_folder import RunFolder, default_run_dir
 from cnnlab.engine.tensorboard import TensorBoardWriter, tensorboard_available
 from cnnlab.engine.trainer import Trainer, resolve_device
 from cnnlab.registry import METHODS, build_model
+from cnnlab.run.resume_check import resume_config
 
 
 def method_callbacks(cfg: Config) -> list[Callback]:
@@ -95,7 +96,7 @@ def train(
     run folder `resume`; return its summary."""
     if resume is not None:
         run = RunFolder.open(Path(resume))
-        return train_resume(load_config(run.config), run, callbacks)
+        return train_resume(resume_config(run), run, callbacks)  # refuses an edited config
     if isinstance(config, Config | dict):
         raw = config.model_dump(mode="json") if isinstance(config, Config) else config
         cfg = validate(apply_overrides(raw, list(overrides)))

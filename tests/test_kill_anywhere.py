@@ -1,0 +1,214 @@
+"""Kill anywhere: a real `cnnlab train` SIGKILLed at a chosen point, then resumed, ends bit for bit
+where an uninterrupted run ends: weights, optimizer state, callback state (EMA, NR, ReCU) and
+metrics.jsonl (timing fields aside), with no temp file left in the run folder.
+
+The kills are deterministic: CNNLAB_FAULT=POINT:N makes the process SIGKILL itself the N-th time
+it reaches fault_point(POINT) (cnnlab/engine/faults.py), so each case kills where it says, never
+"somewhere after a sleep". Every configuration draws from the global random generators (dropout,
+shake-shake, mixup and cutmix, random erasing) or carries state beside the weights (EMA, ReCU's
+tau, NR's rebuilt architecture), so a resume that lost an RNG state or a callback would differ.
+
+One uninterrupted reference run per configuration is shared by all its kill points.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.engine.checkpoint import load_checkpoint
+from tests.helpers import TINY_CPU, needs_fashion, read_metrics, without_timing
+
+pytestmark = [needs_fashion, pytest.mark.slow]
+
+TINY = [a for a in TINY_CPU if not a.startswith("model.")]
+CONFIGS = {
+    # WRN with dropout, mixup + cutmix, random erasing, EMA, the probes, and a validation split
+    # (so best.pt is chosen and copied).
+    "wrn": [
+        *TINY,
+        "data.train_limit=320",
+        "data.val_size=64",
+        "model.name=wrn16_4",
+        "model.base_width=2",
+        "model.dropout=0.3",
+        "augment.erase_prob=0.5",
+        "augment.mixup_alpha=1.0",
+        "augment.cutmix_alpha=1.0",
+        "ema.decay=0.9",
+    ],
+    # Shake-shake draws its branch weights from the global generator at every forward pass.
+    "shake": [
+        *TINY,
+        "model.name=shake_shake26_2x32d",  # the smallest variant (its widths are fixed)
+        "model.stem_width=8",
+        "data.train_limit=64",  # 2 steps of 32 per epoch: the net is big for a CPU
+        "data.test_limit=64",
+        "train.batch_size=32",
+        "probes.enabled=false",
+    ],
+    # A 1-bit net with ReCU (tau follows the schedule, saved with the callbacks).
+    "recu": [*TINY, "model.name=resnet20_1w1a", "model.base_width=4"],
+    # Neural Rejuvenation: a strict live threshold makes epoch 1 fall below the target, so the
+    # net is rebuilt at the end of epoch 1 (a fresh optimizer, a new architecture) and trained
+    # 2 more epochs.
+    "nr": [
+        *TINY,
+        "model.name=resnet20",
+        "model.shortcut_kind=B",
+        "model.base_width=4",
+        "nr.enabled=true",
+        "nr.sparsity=1e-3",
+        "nr.live_threshold=0.99",
+        "nr.target=0.9",
+    ],
+}
+
+# (configuration, CNNLAB_FAULT of the first session[, of the second session]) per kill point.
+# Counts: wrn has 4 steps per epoch, 1 val + 1 test batch per evaluation and the EMA's
+# evaluation after the raw weights' one (eval_batch 3-4 and 7-8), 5 probes per epoch.
+KILLS = [
+    ("wrn", "train_step:1"),  # before any checkpoint: resume starts over
+    ("wrn", "train_step:4"),  # the last step of epoch 1, before its evaluation
+    ("wrn", "train_step:6"),  # mid epoch 2
+    ("wrn", "eval_batch:1"),  # validation, epoch 1
+    ("wrn", "eval_batch:3"),  # the EMA weights' evaluation, epoch 1
+    ("wrn", "eval_batch:6"),  # test, epoch 2
+    ("wrn", "probe_measure:1"),
+    ("wrn", "probe_measure:8"),  # epoch 2
+    ("wrn", "last.pt_before_rename:1"),
+    ("wrn", "last.pt_before_rename:2"),
+    ("wrn", "best.pt_before_rename:1"),
+    ("wrn", "metrics.jsonl_before_rename:1"),
+    ("wrn", "metrics.jsonl_before_rename:2"),  # after the last checkpoint
+    ("wrn", "summary.json_before_rename:1"),  # all trained, the summary not yet written
+    ("wrn", "config.yaml_before_rename:1"),  # nothing but a temp config: start again
+    ("wrn", "train_step:6", "train_step:2"),  # killed again while resuming
+    ("shake", "train_step:3"),
+    ("shake", "last.pt_before_rename:2"),
+    ("recu", "train_step:5"),
+    ("recu", "eval_batch:2"),
+    ("nr", "model_rebuild:1"),  # the net just rebuilt, not yet in any checkpoint
+    ("nr", "last.pt_before_rename:1"),  # the rebuilt net's first checkpoint
+    ("nr", "train_step:7"),  # training the rebuilt net
+]
+
+
+def _cnnlab(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("CNNLAB_FAULT", None)
+    if fault:
+        env["CNNLAB_FAULT"] = fault
+    return subprocess.run(
+        [sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+
+
+def _killed(args: list[str], fault: str) -> None:
+    done = _cnnlab(args, fault)
+    assert done.returncode == -signal.SIGKILL, f"{fault} was never reached: {done.stderr[-2000:]}"
+
+
+def _temp_files(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*") if ".tmp" in p.name]
+
+
+def _assert_readable(run: Path) -> None:
+    # Right after the kill, every file that is not a temp file is whole.
+    if (run / "last.pt").exists():
+        load_checkpoint(run / "last.pt")
+    if (run / "metrics.jsonl").exists():
+        read_metrics(run)
+    for name in ("summary.json", "config.yaml"):
+        if (run / name).exists():
+            assert (run / name).read_text().endswith("\n")
+
+
+def assert_same_tree(a: object, b: object, where: str = "") -> None:
+    """Assert two checkpoint values (nested dicts, lists, tensors, numbers) are bitwise equal."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
+        assert torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys differ"
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), f"{where}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_same_run(whole: Path, resumed: Path) -> None:
+    """Assert the resumed run ended exactly where the uninterrupted one did."""
+    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(resumed / "last.pt")
+    for key in ("model", "optimizer", "callbacks", "architecture", "epoch", "step", "best"):
+        assert_same_tree(a[key], b[key], key)
+    assert_same_tree(a["rng"], b["rng"], "rng")
+    assert without_timing(read_metrics(whole)) == without_timing(read_metrics(resumed))
+    assert (resumed / "summary.json").exists()
+    assert _temp_files(resumed) == []
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Return the uninterrupted run of a configuration (trained once, on first use)."""
+    base, done = tmp_path_factory.mktemp("reference"), {}
+
+    def get(name: str) -> Path:
+        if name not in done:
+            out = base / name
+            finished = _cnnlab(["train", "--out", str(out), *CONFIGS[name]])
+            assert finished.returncode == 0, finished.stderr
+            done[name] = out
+        return done[name]
+
+    return get
+
+
+@pytest.mark.parametrize("case", KILLS, ids=["-".join(k) for k in KILLS])
+def test_killed_at_a_point_then_resumed_equals_the_uninterrupted_run(tmp_path, reference, case):
+    name, *faults = case
+    whole, run = reference(name), tmp_path / "run"
+    _killed(["train", "--out", str(run), *CONFIGS[name]], faults[0])
+    _assert_readable(run)
+    if not (run / "config.yaml").exists():
+        # Killed before the folder held its config: no run yet, so the same command starts it.
+        assert "not a run folder" in _cnnlab(["train", "--resume", str(run)]).stderr
+        started = _cnnlab(["train", "--out", str(run), *CONFIGS[name]])
+        assert started.returncode == 0, started.stderr
+        assert_same_run(whole, run)
+        return
+    for fault in faults[1:]:
+        _killed(["train", "--resume", str(run)], fault)
+        _assert_readable(run)
+    resumed = _cnnlab(["train", "--resume", str(run)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(whole, run)
+
+
+SWEEP = ["sweep", "recipes/default.yaml", *CONFIGS["recu"], "--seeds", "2"]
+
+
+def _sweep_runs(out: Path) -> list[Path]:
+    return sorted(p.parent.relative_to(out) for p in out.rglob("config.yaml"))
+
+
+@pytest.mark.parametrize("fault", ["sweep_between_runs:1", "train_step:11"])
+def test_a_sweep_killed_between_or_inside_runs_reruns_to_the_uninterrupted_result(tmp_path, fault):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert _cnnlab([*SWEEP, "--out", str(whole)]).returncode == 0
+    _killed([*SWEEP, "--out", str(killed)], fault)  # train_step:11 is in the second run
+    rerun = _cnnlab([*SWEEP, "--out", str(killed)])
+    assert rerun.returncode == 0, rerun.stderr
+    runs = _sweep_runs(whole)
+    assert runs == _sweep_runs(killed) and len(runs) == 2
+    for run in runs:
+        assert_same_run(whole / run, killed / run)
