@@ -19,7 +19,7 @@ from cnnlab.engine.checkpoint import (
     set_rng_state,
 )
 from cnnlab.engine.distributed import rank_seed
-from cnnlab.run.evaluate_checkpoint import evaluate_checkpoint
+from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 from tests.helpers import TINY_CPU, cli, needs_fashion, read_metrics
 
 VISITS = (

@@ -28,7 +28,7 @@ from rich.console import Console
 from cnnlab.config import apply_overrides, read_yaml, validate
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.run_folder import RunFolder
-from cnnlab.engine.trainer import TrainingDiverged, train_new
+from cnnlab.engine.trainer import TrainingDiverged
 from cnnlab.errors import UserError
 from cnnlab.experiments.search_space import (
     TUNER_KEYS,
@@ -37,6 +37,7 @@ from cnnlab.experiments.search_space import (
     parse_space,
     with_values,
 )
+from cnnlab.run.training import train_new
 
 if TYPE_CHECKING:
     import optuna
