@@ -3,8 +3,9 @@
 At the end of every epoch (every `probes.every` epochs, and the last) each probe measures the
 model; the row gets `probe_<name>` (the pooled fraction over all layers' units) and
 `probes: {<name>: {<layer>: fraction}}`, plus `probe_seconds`, the probes' own wall time that
-epoch (their overhead). The ReLU probe runs a fixed batch of training images (evenly spaced indices, no augmentation, no random draw) in
-eval mode under no_grad, so probing changes neither the training nor its random streams.
+epoch (their overhead). The ReLU probe runs a fixed batch of training images (evenly spaced
+indices, no augmentation, no random draw) in eval mode under no_grad, so probing changes
+neither the training nor its random streams.
 """
 
 from __future__ import annotations
