@@ -157,9 +157,21 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                    help="print trials, write best.yaml + history.png")  # fmt: skip
 
 
+class UsageError(Exception):
+    """Arguments the parser cannot read (reported as one line, like any other bad input)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints the usage and then the error on two lines and exits; the house rule is
+    # one line and exit status 2, so the error is raised and reported by `main`.
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Raise the parse error instead of printing usage and exiting."""
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `cnnlab` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cnnlab", description="Train, compare and revive convolutional image classifiers."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -180,7 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"cnnlab: error: {exc}", markup=False
+        )
+        return 2
     console = Console(highlight=False, soft_wrap=True)
     try:
         from cnnlab import commands

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cnnlab.config import _known_keys
-from cnnlab.engine import trainer
+from cnnlab.run import training
 from tests.helpers import cli
 
 KNOWN = _known_keys()
@@ -69,7 +69,7 @@ def stub_trainer(monkeypatch):
     def fake_train(cfg, run, callbacks=()):
         return {"wall_seconds": 0.0, "final": {"test_error": 50.0, "test_top5_error": 10.0}}
 
-    monkeypatch.setattr(trainer, "train_new", fake_train)
+    monkeypatch.setattr(training, "train_new", fake_train)
 
 
 def _start(capsys, args: list[str]) -> None:
