@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab.data import pipeline
+from cnnlab.data import datasets
 from cnnlab.data.augment import BatchAugment, cutout, patch_shuffle, random_erasing, to_model_input
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.data.mixing import BatchMixer
@@ -258,7 +258,7 @@ def test_each_regulariser_still_learns(tmp_path, monkeypatch, cached_splits, nam
             cached_splits[name, split] = load_split(name, split, *args, **kw)
         return cached_splits[name, split]
 
-    monkeypatch.setattr(pipeline, "load_split", load_once)
+    monkeypatch.setattr(datasets, "load_split", load_once)
     run = tmp_path / name
     args = [*SMALL, "data.train_limit=1536", "train.epochs=2", *VARIANTS[name]]
     assert cli("train", "--out", str(run), *args) == 0

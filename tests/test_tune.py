@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cnnlab.config import DEFAULT_RECIPE, load_config
-from cnnlab.data import pipeline
+from cnnlab.data import datasets
 from cnnlab.experiments import tune as tuning
 from tests.helpers import cli, needs_fashion, read_metrics
 
@@ -28,13 +28,13 @@ def _tune(out, *extra):
 @needs_fashion
 def test_a_study_tunes_on_val_only_resumes_and_shows_its_best(tmp_path, capsys, monkeypatch):
     read = []
-    real = pipeline.load_split
+    real = datasets.load_split
 
     def spy(name, split, *args, **kwargs):
         read.append(split)
         return real(name, split, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "load_split", spy)
+    monkeypatch.setattr(datasets, "load_split", spy)
     out = tmp_path / "study"
     assert _tune(out, "--trials", "1") == 0
     assert read and "test" not in read  # the test split was never even loaded
