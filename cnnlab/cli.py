@@ -190,14 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(message: str, where: str = "") -> None:
+    # One line, even when the message quotes user text with line breaks or control
+    # characters in it: those are shown escaped.
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in message)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"{where}cnnlab: error: {text}", markup=False
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"cnnlab: error: {exc}", markup=False
-        )
+        _report(str(exc))
         return 2
     console = Console(highlight=False, soft_wrap=True)
     try:
@@ -211,15 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # Under torchrun every rank may fail; rank r > 0 says which it is.
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
-        where = f"[rank {rank}] " if rank != "0" else ""
-        # One line, even when the message quotes user text with line breaks or control
-        # characters in it: those are shown escaped.
-        text = "".join(
-            c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(exc)
-        )
-        Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"{where}cnnlab: error: {text}", markup=False
-        )
+        _report(str(exc), f"[rank {rank}] " if rank != "0" else "")
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("cnnlab: interrupted")
