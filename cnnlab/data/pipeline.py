@@ -173,8 +173,9 @@ def _limit_samples(samples: Samples, limit: int | None, seed: int) -> Samples:
     return samples.subset(keep)
 
 
-def _check_batch(cfg: Config, n: int, world: int) -> None:
-    b = cfg.train.batch_size
+def check_batch(b: int, n: int, world: int) -> None:
+    """Refuse a global batch `b` that does not split over `world` processes or exceeds the `n`
+    training images."""
     if b % world:
         raise UserError(
             f"train.batch_size={b} is the global batch and must split evenly over the "
@@ -203,7 +204,7 @@ def _build_folder(
         train, val = train.subset(keep), train.subset(held)
     train = _limit_samples(train, d.train_limit, d.split_seed)
     test = _limit_samples(test, d.test_limit, d.split_seed)
-    _check_batch(cfg, len(train), world)
+    check_batch(cfg.train.batch_size, len(train), world)
     info = folder_info(d, splits.classes)
     augment = BatchAugment.from_config(cfg.augment, info.mean, info.image_size)
     if d.train_crop == "random_resized":
@@ -246,7 +247,7 @@ def build_data(
         train_limit=d.train_limit, test_limit=d.test_limit, mean=d.mean, std=d.std,
         test=cfg.eval.test,
     )  # fmt: skip
-    _check_batch(cfg, len(splits.train), world)
+    check_batch(cfg.train.batch_size, len(splits.train), world)
     return make_loaders(splits, cfg.train, cfg.augment, device, rank, world)
 
 

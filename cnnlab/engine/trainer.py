@@ -32,7 +32,7 @@ from cnnlab.config import (
 )
 from cnnlab.config_diff import config_differences
 from cnnlab.data.datasets import Splits, load
-from cnnlab.data.pipeline import DataBundle, make_loaders
+from cnnlab.data.pipeline import DataBundle, check_batch, make_loaders
 from cnnlab.engine import distributed
 from cnnlab.engine.backends import apply_backend_policy, deterministic_pooling
 from cnnlab.engine.callbacks import Callback
@@ -197,12 +197,8 @@ class Trainer:
                 "Trainer data must be cnnlab.datasets.load(...) / from_tensors(...), a dataset "
                 f"name, or a DataBundle; got {type(data).__name__}"
             )
-        b, world = self.cfg.train.batch_size, self.dist.world
-        if b % world:
-            raise UserError(
-                f"train.batch_size={b} is the global batch and must split evenly over the "
-                f"{world} processes; use a multiple of {world}"
-            )
+        world = self.dist.world
+        check_batch(self.cfg.train.batch_size, len(data.train), world)
         return make_loaders(data, self.cfg.train, self.cfg.augment, self.device,
                             self.dist.rank, world)  # fmt: skip
 
