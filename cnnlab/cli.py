@@ -12,6 +12,10 @@ from rich.console import Console
 
 from cnnlab.errors import UserError
 
+# eval.tta's values (cnnlab.config.EvalConfig; a test keeps the two lists equal). The config
+# module is not imported here so that `cnnlab --help` starts without pydantic.
+TTA_MODES = ("none", "flip", "flip_shift")
+
 
 def _add_imports(p: argparse.ArgumentParser) -> None:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
@@ -45,7 +49,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--tta",
-        choices=["none", "flip"],
+        choices=TTA_MODES,
         help="test-time augmentation (default: the run's eval.tta)",
     )
 
@@ -127,7 +131,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
     p.add_argument("--top-k", type=int, default=1, metavar="K", help="classes per image (1)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    p.add_argument("--tta", choices=["none", "flip"], help="default: the run's eval.tta")
+    p.add_argument("--tta", choices=TTA_MODES, help="default: the run's eval.tta")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:

@@ -270,7 +270,7 @@ class AugmentConfig(_Section):
 class EvalConfig(_Section):
     """How evaluation forms its predictions."""
 
-    tta: Literal["none", "flip"] = "none"
+    tta: Literal["none", "flip", "flip_shift"] = "none"  # see cnnlab/engine/evaluate.py
     # false: the test split is neither read nor evaluated (a tuning trial judged on val only)
     test: bool = True
 

@@ -118,3 +118,26 @@ def test_flip_tta_averages_the_logits_of_image_and_mirror():
     with torch.no_grad():
         wrong = ((net(x) + net(x.flip(3))).argmax(1) != labels).float().mean().item()
     assert flip["error"] == pytest.approx(100 * wrong)
+
+
+def test_flip_shift_tta_weighs_the_image_half_and_its_two_diagonal_shifts_a_quarter_each():
+    net = bn_net().eval()
+    x = torch.randn(3, 1, 6, 6)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    # The first shifted view is the image moved one pixel down and right.
+    assert torch.equal(padded[:, :, :6, :6][:, :, 1:, 1:], x[:, :, :5, :5])
+    views = [x, padded[:, :, :6, :6], padded[:, :, 2:, 2:]]
+    with torch.no_grad():
+        flips = [predict(net, v, "flip") for v in views]
+        expected = flips[0] / 2 + (flips[1] + flips[2]) / 4
+        assert torch.allclose(predict(net, x, "flip_shift"), expected, atol=1e-6)
+        assert not torch.allclose(predict(net, x, "flip_shift"), flips[0], atol=1e-4)
+
+
+def test_the_cli_offers_every_tta_mode_the_config_accepts():
+    from typing import get_args
+
+    from cnnlab.cli import TTA_MODES
+    from cnnlab.config import EvalConfig
+
+    assert TTA_MODES == get_args(EvalConfig.model_fields["tta"].annotation)

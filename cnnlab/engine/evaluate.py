@@ -1,4 +1,4 @@
-"""Evaluation: loss, top-1 and top-5 error of a model over a loader, with optional flip TTA."""
+"""Evaluation: loss, top-1 and top-5 error of a model over a loader, with optional TTA."""
 
 from __future__ import annotations
 
@@ -11,13 +11,31 @@ from cnnlab.engine.faults import fault_point
 from cnnlab.engine.numerics import Numerics
 
 
+def _mirror_mean(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Return the mean of the logits of `x` and of its horizontal mirror."""
+    # flip keeps x's memory format (channels_last or not).
+    return (model(x) + model(x.flip(3))) / 2
+
+
 def predict(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Return logits for NCHW `x`; tta='flip' averages them with those of the mirrored images."""
-    logits = model(x)
+    """Return logits for NCHW `x` under test-time augmentation `tta` (none, flip, flip_shift).
+
+    flip averages the logits of each image and its mirror. flip_shift is airbench94's level-2
+    TTA (KellerJordan/airbench, airbench94.py, `infer_mirror_translate`): the flip average of
+    the image weighs 1/2, and those of the image moved one pixel down-right and one pixel
+    up-left (the border reflect-padded) 1/4 each: six forward passes in all.
+    """
+    if tta == "none":
+        return model(x)
+    mirrored = _mirror_mean(model, x)
     if tta == "flip":
-        # flip keeps x's memory format (channels_last or not).
-        logits = (logits + model(x.flip(3))) / 2
-    return logits
+        return mirrored
+    height, width = x.shape[2:]
+    padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    moved_down_right = padded[:, :, :height, :width]
+    moved_up_left = padded[:, :, 2:, 2:]
+    shifted = _mirror_mean(model, moved_down_right) + _mirror_mean(model, moved_up_left)
+    return mirrored / 2 + shifted / 4
 
 
 @torch.no_grad()

@@ -18,7 +18,8 @@ def evaluate_checkpoint(
     path: Path, dataset: str | None, root: str | None, split: str = "test", tta: str | None = None
 ) -> dict[str, Any]:
     """Return loss, top-1/top-5 error (percent) of the checkpoint's model on `split`, with
-    test-time augmentation `tta` ('none' or 'flip'; None: the run's own eval.tta)."""
+    test-time augmentation `tta` (see cnnlab.engine.evaluate.predict; None: the run's own
+    eval.tta)."""
     cfg = validate(read_cnnlab_checkpoint(path)["config"])
     name = dataset or cfg.data.name
     device = resolve_device(cfg.train.device)
