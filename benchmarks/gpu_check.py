@@ -9,9 +9,10 @@ Sections, each recorded even when another fails (a lent GPU's time is short):
   auto           what train.precision/channels_last=auto choose at each batch, and the timings;
   compile        the floor with and without torch.compile (fp32 and the half precision),
                  with the wall time each took, compilation included;
-  speedrun       speednet on CIFAR-10 (real when found offline, else a learnable synthetic set
-                 in the exact pickle format; `data_source` says which): wall time and test
-                 accuracy of one training run, test set touched once at the end.
+  speedrun       recipes/cifar10/speedrun_gpu.yaml (airbench94's net) on CIFAR-10 (real when
+                 found offline, else a learnable synthetic set in the exact pickle format;
+                 `data_source` says which): wall time and test accuracy of one training run,
+                 test set touched once at the end.
 
     benchmarks/gpu_check.sh [--cpu] [--out gpu_check.json] [--tiny]
 
@@ -163,7 +164,7 @@ def main() -> None:
     args.seconds = 0.3 if args.tiny else 3.0
     args.speedrun_overrides = (
         ["train.epochs=1", "train.eval_every=1", "data.train_limit=512", "data.test_limit=256",
-         "train.batch_size=64", "model.widths=[8,16,16,16]", "schedule.peak_epoch=0.5"]
+         "train.batch_size=64", "model.width=8", "schedule.peak_epoch=0.5"]
         if args.tiny else []
     )  # fmt: skip
     half = "bf16" if args.cpu or torch.cuda.is_bf16_supported() else "fp16"

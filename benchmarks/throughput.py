@@ -69,10 +69,13 @@ CIFAR10_CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog",
                    b"horse", b"ship", b"truck"]  # fmt: skip
 
 
-def write_cifar10(root: Path, seed: int = 0, learnable: bool = False) -> None:
+def write_cifar10(
+    root: Path, seed: int = 0, learnable: bool = False, per_batch: int = 10000
+) -> None:
     """Write synthetic images as the official CIFAR-10 python batches (5 x 10,000 + 10,000,
-    the same keys and batches.meta). Random pixels and labels by default (for speed only);
-    `learnable`: each image is its class's fixed smooth pattern plus noise, so a net learns it."""
+    the same keys and batches.meta; `per_batch` images per file for a smaller set). Random
+    pixels and labels by default (for speed only); `learnable`: each image is its class's
+    fixed smooth pattern plus noise, so a net learns it."""
     layout = PICKLE_LAYOUT["cifar10"]
     folder = root / layout.folder
     folder.mkdir(parents=True)
@@ -80,21 +83,21 @@ def write_cifar10(root: Path, seed: int = 0, learnable: bool = False) -> None:
     # Per class a pattern of 4x4 random colour blocks, upsampled to 32x32.
     patterns = np.repeat(np.repeat(rng.uniform(0, 255, (10, 3, 4, 4)), 8, axis=2), 8, axis=3)
     for name in (*layout.splits["train"], *layout.splits["test"]):
-        labels = rng.integers(0, 10, size=10000)
+        labels = rng.integers(0, 10, size=per_batch)
         if learnable:
-            noise = rng.uniform(-80, 80, size=(10000, 3, 32, 32))
+            noise = rng.uniform(-80, 80, size=(per_batch, 3, 32, 32))
             pixels = np.clip(patterns[labels] * 0.6 + 50 + noise, 0, 255).astype(np.uint8)
-            data = pixels.reshape(10000, 3 * 32 * 32)
+            data = pixels.reshape(per_batch, 3 * 32 * 32)
         else:
-            data = rng.integers(0, 256, size=(10000, 3 * 32 * 32), dtype=np.uint8)
+            data = rng.integers(0, 256, size=(per_batch, 3 * 32 * 32), dtype=np.uint8)
         batch = {
             b"batch_label": f"synthetic {name}".encode(),
             b"labels": labels.tolist(),
             b"data": data,
-            b"filenames": [f"synthetic_{name}_{i}.png".encode() for i in range(10000)],
+            b"filenames": [f"synthetic_{name}_{i}.png".encode() for i in range(per_batch)],
         }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    meta = {b"label_names": CIFAR10_CLASSES, b"num_cases_per_batch": 10000, b"num_vis": 3072}
+    meta = {b"label_names": CIFAR10_CLASSES, b"num_cases_per_batch": per_batch, b"num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
 
 
