@@ -1,9 +1,9 @@
 """The prepared GPU check (benchmarks/gpu_check.sh runs it): one run, no downloads, JSON out.
 
 Sections, each recorded even when another fails (a lent GPU's time is short):
-  floor_vs_loop  resnet20 (speednet with --tiny) on CIFAR-10-shaped data: the bare step vs
-                 cnnlab's steps and whole epoch (benchmarks/throughput.py), per precision
-                 at batch 128 and 512;
+  floor_vs_loop  resnet20 (speednet with --tiny) on CIFAR-10-shaped data: the bare step and
+                 the same step as one CUDA graph (CUDA only) vs cnnlab's steps and whole
+                 epoch (benchmarks/throughput.py), per precision at batch 128 and 512;
   syncs          host syncs per training step, per precision (CUDA only; bn.momentum dynamic
                  and Random Erasing with the mean fill switched on, the two former offenders);
   auto           what train.precision/channels_last=auto choose at each batch, and the timings;
@@ -69,6 +69,7 @@ def floor_vs_loop(p: argparse.Namespace, device: torch.device, root: str) -> lis
             r = measure(Case(p.model, "cifar10", root, batch), Numerics(precision), p.seconds,
                         conventional_too=False)  # fmt: skip
             rows.append({"batch": batch, "precision": precision, "floor": r["a"],
+                         "graph_floor": r["g"], "graph_note": r["g_note"],
                          "loop_steps": r["b"], "loop_epoch": r["e"], "eval": r["d"],
                          "steps_over_floor": r["b"] / r["a"]})  # fmt: skip
     return rows

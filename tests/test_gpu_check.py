@@ -28,6 +28,9 @@ def test_gpu_check_runs_on_the_cpu_and_writes_every_section(tmp_path):
         assert "error" not in result[section], result[section]
     assert {r["precision"] for r in result["floor_vs_loop"]} == {"fp32", "bf16"}
     assert all(r["floor"] > 0 and r["loop_epoch"] > 0 for r in result["floor_vs_loop"])
+    # The CUDA-graph floor is CUDA only, and the row says why it is missing.
+    assert all(r["graph_floor"] is None and r["graph_note"] == "n/a on CPU"
+               for r in result["floor_vs_loop"])  # fmt: skip
     assert result["auto"][0]["choice"] in ("fp32", "bf16")
     assert [r["compile"] for r in result["compile"]] == [False, True]
     assert 0 <= result["speedrun"]["test_accuracy"] <= 100
@@ -53,3 +56,18 @@ def test_the_synthetic_cifar10_is_read_by_cnnlab_and_learnable(tmp_path):
     means = torch.stack([x[train.labels == c].mean(0) for c in range(10)])
     guess = torch.cdist(test.images.float().flatten(1)[:1000], means).argmin(1)
     assert (guess == test.labels[:1000]).float().mean() > 0.9
+
+
+def test_the_conventional_loop_reports_its_fastest_worker_count(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from throughput import Case, conventional, worker_counts, write_cifar10
+
+    from cnnlab.engine.numerics import Numerics
+
+    counts = worker_counts()
+    assert counts[:2] == [0, 1] and counts[-1] <= max(1, len(os.sched_getaffinity(0)))
+    write_cifar10(tmp_path, per_batch=40)
+    case = Case("speednet", "cifar10", str(tmp_path), batch=8)
+    rate, workers, rates = conventional(case, Numerics(), images=96)
+    assert set(rates) == set(counts) and all(r > 0 for r in rates.values())
+    assert rate == max(rates.values()) == rates[workers]
