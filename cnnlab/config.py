@@ -169,6 +169,10 @@ class OptimConfig(_Section):
     lr: float = Field(0.1, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     no_decay_bn_bias: bool = False
+    # The lr of normalisation layers' scales and shifts is this many times the schedule's, their
+    # weight decay divided by it, so lr x decay per step is unchanged (airbench94's
+    # bias_scaler 64 on its BatchNorm shifts).
+    norm_lr_scale: float = Field(1.0, gt=0)
     momentum: float | None = Field(None, ge=0, lt=1)
     nesterov: bool | None = None
     betas: tuple[_UNIT, _UNIT] | None = None
