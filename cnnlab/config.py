@@ -239,7 +239,12 @@ class AugmentConfig(_Section):
     """Batched augmentations and batch mixing applied on the training device."""
 
     crop_padding: int = Field(4, ge=0)
+    # What the crop sees beyond the border: zeros (black) or the image reflected (airbench94).
+    padding_mode: Literal["zeros", "reflect"] = "zeros"
     flip: bool = True
+    # random: each image mirrored with p 1/2 every epoch; alternating (airbench94): a fixed random
+    # half mirrored in odd epochs, the other half in even ones (in-memory datasets only).
+    flip_mode: Literal["random", "alternating"] = "random"
     cutout_size: int = Field(0, ge=0)  # 0 = off
     cutout_prob: float = Field(1.0, ge=0, le=1)
     erase_prob: float = _PROB
