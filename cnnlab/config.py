@@ -215,6 +215,7 @@ class ScheduleConfig(_Section):
     warmup_lr: float | None = Field(None, gt=0)
     lr_min_factor: float = Field(0.0, ge=0, le=1)
     peak_epoch: float | None = Field(None, gt=0)
+    start_factor: float | None = Field(None, ge=0, le=1)  # onecycle's start; null = lr_min_factor
 
     @model_validator(mode="after")
     def _warmup_is_consistent(self) -> ScheduleConfig:
@@ -227,8 +228,9 @@ class ScheduleConfig(_Section):
             )
         if self.warmup_mode == "constant" and has_warmup and self.warmup_lr is None:
             raise ValueError("schedule.warmup_mode=constant needs schedule.warmup_lr")
-        if self.peak_epoch is not None and self.name != "onecycle":
-            raise ValueError("schedule.peak_epoch applies only to schedule.name=onecycle")
+        for key in ("peak_epoch", "start_factor"):
+            if getattr(self, key) is not None and self.name != "onecycle":
+                raise ValueError(f"schedule.{key} applies only to schedule.name=onecycle")
         return self
 
 

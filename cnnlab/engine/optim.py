@@ -69,7 +69,8 @@ class Schedule:
     gives a factor of the base lr: multistep (x gamma at each milestone epoch, counted from
     step 0); cosine, linear and onecycle run over the steps after warm-up, from 1 down to
     lr_min_factor m. cosine: m + (1 - m)(1 + cos(pi t / T)) / 2; linear: 1 - (1 - m) t / T;
-    onecycle: rises linearly from m to 1 at `peak_epoch`, then falls linearly to m.
+    onecycle: rises linearly from `start_factor` (default m) to 1 at `peak_epoch`, then falls
+    linearly to m.
     """
 
     def __init__(
@@ -103,7 +104,8 @@ class Schedule:
             return self.cfg.gamma**passed
         if name == "onecycle":
             if step < self.peak:
-                return m + (1 - m) * (step - self.warmup + 1) / (self.peak - self.warmup)
+                s = m if self.cfg.start_factor is None else self.cfg.start_factor
+                return s + (1 - s) * (step - self.warmup + 1) / (self.peak - self.warmup)
             return 1 - (1 - m) * (step - self.peak) / max(1, self.total - self.peak)
         span = max(1, self.total - self.warmup)
         t = min(step - self.warmup, span)
