@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -71,3 +72,30 @@ def test_the_conventional_loop_reports_its_fastest_worker_count(tmp_path, monkey
     rate, workers, rates = conventional(case, Numerics(), images=96)
     assert set(rates) == set(counts) and all(r > 0 for r in rates.values())
     assert rate == max(rates.values()) == rates[workers]
+
+
+@pytest.mark.needs_cuda
+def test_the_graph_floor_captures_and_replays_the_step_on_cuda(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from throughput import Case, floor, graph_floor
+
+    from cnnlab.engine.numerics import Numerics
+
+    case = Case("speednet", "cifar10", batch=64)
+    rate, note = graph_floor(case, Numerics("fp32"), seconds=0.5)
+    assert rate is not None and rate > 0, note
+    # No launch or Python overhead: replaying the graph is not slower than the eager floor
+    # (a loose bound: both are timed over half a second).
+    assert rate > 0.5 * floor(case, Numerics("fp32"), seconds=0.5)
+    rate, note = graph_floor(case, Numerics("fp16"), 0.1)
+    assert rate is None and note.startswith("n/a for fp16")
+
+
+def test_the_graph_floor_is_not_applicable_on_the_cpu(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    from throughput import Case, graph_floor
+
+    from cnnlab.engine.numerics import Numerics
+
+    assert graph_floor(Case("speednet", "cifar10"), Numerics(), 0.1) == (None, "n/a on CPU")
