@@ -34,7 +34,10 @@ def test_gpu_check_runs_on_the_cpu_and_writes_every_section(tmp_path):
                for r in result["floor_vs_loop"])  # fmt: skip
     assert result["auto"][0]["choice"] in ("fp32", "bf16")
     assert [r["compile"] for r in result["compile"]] == [False, True]
-    assert 0 <= result["speedrun"]["test_accuracy"] <= 100
+    run = result["speedrun"]
+    assert [r["seed"] for r in run["runs"]] == [0]  # --tiny: one seed (three otherwise)
+    assert 0 <= run["test_accuracy"] == run["runs"][0]["test_accuracy"] <= 100
+    assert 0 < run["runs"][0]["train_seconds"] < run["wall_seconds"]
     # No real CIFAR-10 was reachable (CNNLAB_DATA points nowhere), and the JSON says so; a
     # machine with CIFAR-10 in the cache or /usr/share/datasets would read "real".
     assert result["data_source"].startswith(("synthetic", "real"))
