@@ -123,6 +123,7 @@ def test_speedrun_recipe_learns_a_tiny_cifar_shaped_set(tmp_path):
         f"data.root={root}", "train.epochs=3", "train.eval_every=3", "train.batch_size=100",
         "train.precision=fp32", "train.channels_last=false", "model.width=16",
         "schedule.peak_epoch=0.7", "lookahead.start_epoch=1",  # lookahead in epochs 2-3
+        "freeze.after_epochs=1",  # the whitening bias frozen in epochs 2-3
     ])  # fmt: skip
     assert summary["model"] == "airbench94" and summary["epochs"] == 3
     # Chance is 90 % error; each class is a fixed colour pattern under heavy noise.
