@@ -1,15 +1,21 @@
 """Training throughput, measured side by side in one process, for each model and precision.
 
 (a) floor:        forward + backward + SGD step on one resident batch (no data work at all);
+(g) graph floor:  the same step captured once as a CUDA graph and replayed (CUDA only: no
+                  Python or kernel-launch cost at all, the lowest a step can cost; "n/a" on
+                  the CPU, under --compile, and for fp16, whose GradScaler is not capture-safe);
 (b) cnnlab steps: cnnlab's Trainer (batched augmentation, schedule, loss checks, callbacks'
                   step hooks), timed over the training steps of its second epoch only;
 (e) cnnlab epoch: the same epoch's training images over its whole wall time: the steps plus
                   the test pass, probes, metrics, checkpoint and plot that follow it;
-(c) conventional: a typical script: torch DataLoader with per-image pad/crop/flip/normalise in
-                  2 worker processes, loss.item() every step.
+(c) conventional: a typical script: torch DataLoader with per-image pad/crop/flip/normalise,
+                  loss.item() every step; pin_memory on CUDA. Each worker count of 0, 1, 2,
+                  4, ... up to the usable CPUs is timed and the fastest is reported (its
+                  count in brackets), so the loop is compared with its best setting.
 Also (d), the evaluation images/s of cnnlab's loop (the test pass after the epoch). Prints
 images/s and the ratios b/a (how close the steps are to the floor) and b/c. The floor and
-cnnlab's loop run the same step (cnnlab/engine/step.py: autocast, GradScaler for fp16).
+cnnlab's loop run the same step (cnnlab/engine/step.py: autocast, GradScaler for fp16); the
+graph floor runs that step's forward, loss, backward and SGD update inside the capture.
 --compile puts torch.compile on the floor's model and train.compile=true on the loop.
 
 Cases: preact_resnet20 on real Fashion-MNIST (1x28x28) and resnet20 on CIFAR-10 (3x32x32).
@@ -26,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +48,7 @@ from cnnlab.config import load_config
 from cnnlab.data.download import PICKLE_LAYOUT
 from cnnlab.data.sources import dataset_info, load_split
 from cnnlab.engine.callbacks import Callback
+from cnnlab.engine.losses import multi_head_loss
 from cnnlab.engine.numerics import Numerics
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.step import make_scaler, train_step
@@ -69,10 +78,13 @@ CIFAR10_CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog",
                    b"horse", b"ship", b"truck"]  # fmt: skip
 
 
-def write_cifar10(root: Path, seed: int = 0, learnable: bool = False) -> None:
+def write_cifar10(
+    root: Path, seed: int = 0, learnable: bool = False, per_batch: int = 10000
+) -> None:
     """Write synthetic images as the official CIFAR-10 python batches (5 x 10,000 + 10,000,
-    the same keys and batches.meta). Random pixels and labels by default (for speed only);
-    `learnable`: each image is its class's fixed smooth pattern plus noise, so a net learns it."""
+    the same keys and batches.meta; `per_batch` images per file for a smaller set). Random
+    pixels and labels by default (for speed only); `learnable`: each image is its class's
+    fixed smooth pattern plus noise, so a net learns it."""
     layout = PICKLE_LAYOUT["cifar10"]
     folder = root / layout.folder
     folder.mkdir(parents=True)
@@ -80,21 +92,21 @@ def write_cifar10(root: Path, seed: int = 0, learnable: bool = False) -> None:
     # Per class a pattern of 4x4 random colour blocks, upsampled to 32x32.
     patterns = np.repeat(np.repeat(rng.uniform(0, 255, (10, 3, 4, 4)), 8, axis=2), 8, axis=3)
     for name in (*layout.splits["train"], *layout.splits["test"]):
-        labels = rng.integers(0, 10, size=10000)
+        labels = rng.integers(0, 10, size=per_batch)
         if learnable:
-            noise = rng.uniform(-80, 80, size=(10000, 3, 32, 32))
+            noise = rng.uniform(-80, 80, size=(per_batch, 3, 32, 32))
             pixels = np.clip(patterns[labels] * 0.6 + 50 + noise, 0, 255).astype(np.uint8)
-            data = pixels.reshape(10000, 3 * 32 * 32)
+            data = pixels.reshape(per_batch, 3 * 32 * 32)
         else:
-            data = rng.integers(0, 256, size=(10000, 3 * 32 * 32), dtype=np.uint8)
+            data = rng.integers(0, 256, size=(per_batch, 3 * 32 * 32), dtype=np.uint8)
         batch = {
             b"batch_label": f"synthetic {name}".encode(),
             b"labels": labels.tolist(),
             b"data": data,
-            b"filenames": [f"synthetic_{name}_{i}.png".encode() for i in range(10000)],
+            b"filenames": [f"synthetic_{name}_{i}.png".encode() for i in range(per_batch)],
         }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    meta = {b"label_names": CIFAR10_CLASSES, b"num_cases_per_batch": 10000, b"num_vis": 3072}
+    meta = {b"label_names": CIFAR10_CLASSES, b"num_cases_per_batch": per_batch, b"num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
 
 
@@ -135,6 +147,53 @@ def floor(case: Case, numerics: Numerics, seconds: float) -> float:
         steps += 1
     _sync(device)
     return steps * case.batch / (time.perf_counter() - start)
+
+
+def graph_floor(case: Case, numerics: Numerics, seconds: float) -> tuple[float | None, str]:
+    """Images/s of the floor's step captured as one CUDA graph and replayed, and a note; None
+    where no graph can be captured (CPU, compiled model, fp16's GradScaler) or capture failed."""
+    device = resolve_device("auto")
+    if device.type != "cuda":
+        return None, "n/a on CPU"
+    if case.compile:
+        return None, "n/a with --compile"
+    if numerics.precision == "fp16":
+        return None, "n/a for fp16 (GradScaler's step reads found_inf on the host)"
+    # CUDA only from here on (never run in this project yet: no GPU has been lent).
+    stepper = Stepper(case, numerics)
+    x = numerics.layout(torch.randn(case.batch, *case.shape, device=device))
+    y = torch.randint(0, 10, (case.batch,), device=device)
+
+    def step() -> None:
+        # Autocast's weight-cast cache must be off while capturing (torch.cuda.graph docs).
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=numerics.precision == "bf16",
+                            cache_enabled=False):  # fmt: skip
+            logits = stepper.train_model(x)
+        multi_head_loss(logits, y).backward()
+        stepper.opt.step()
+
+    try:
+        # Warm up on a side stream (lazy init, cuDNN autotuning), as torch's recipe says.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                stepper.opt.zero_grad(set_to_none=True)
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        stepper.opt.zero_grad(set_to_none=True)  # grads are then allocated inside the graph
+        with torch.cuda.graph(graph):
+            step()
+    except RuntimeError as exc:  # report it and keep the other measurements
+        return None, f"capture failed: {str(exc).splitlines()[0][:200]}"
+    torch.cuda.synchronize()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or steps < 5:
+        graph.replay()
+        steps += 1
+    torch.cuda.synchronize()
+    return steps * case.batch / (time.perf_counter() - start), "whole step in one CUDA graph"
 
 
 def _sync(device: torch.device) -> None:
@@ -210,18 +269,38 @@ class PerImage(Dataset):
         return (x - self.mean) / self.std, self.labels[i]
 
 
-def conventional(case: Case, numerics: Numerics, images: int) -> float:
-    """Images/s of a DataLoader loop with 2 workers, timed after its first 5 steps."""
+def worker_counts() -> list[int]:
+    """Return the DataLoader worker counts tried: 0, 1, 2, 4, ... up to the usable CPUs."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    counts, n = [0], 1
+    while n <= (cpus or 1):
+        counts.append(n)
+        n *= 2
+    return counts
+
+
+def conventional(case: Case, numerics: Numerics, images: int) -> tuple[float, int, dict]:
+    """Images/s of a DataLoader loop at its fastest worker count, that count, and the
+    images/s of every count tried."""
     data = load_split(case.data, "train", case.root)
     dataset = PerImage(data.images[:images], data.labels[:images], case.data)
-    loader = DataLoader(dataset, batch_size=case.batch, shuffle=True, num_workers=2,
-                        drop_last=True)  # fmt: skip
+    rates = {w: _conventional_rate(case, numerics, dataset, w) for w in worker_counts()}
+    best = max(rates, key=rates.get)
+    return rates[best], best, rates
+
+
+def _conventional_rate(case: Case, numerics: Numerics, dataset: PerImage, workers: int) -> float:
+    """Images/s of one pass of the DataLoader loop with `workers`, timed after its first 5
+    steps."""
     stepper = Stepper(case, numerics)
+    loader = DataLoader(dataset, batch_size=case.batch, shuffle=True, num_workers=workers,
+                        drop_last=True, pin_memory=stepper.device.type == "cuda")  # fmt: skip
     seen, start = 0, time.perf_counter()
     for i, (x, y) in enumerate(loader):
         if i == 5:
             seen, start = 0, time.perf_counter()
-        loss = stepper.step(x.to(stepper.device), y.to(stepper.device))
+        loss = stepper.step(x.to(stepper.device, non_blocking=True),
+                            y.to(stepper.device, non_blocking=True))  # fmt: skip
         loss.item()  # what a typical script logs every step
         seen += len(y)
     return seen / (time.perf_counter() - start)
@@ -229,14 +308,20 @@ def conventional(case: Case, numerics: Numerics, images: int) -> float:
 
 def measure(
     case: Case, numerics: Numerics, seconds: float, conventional_too: bool = True
-) -> dict[str, float | None]:
-    """Measure (a) .. (d) for one case and numerics; phases sized to about `seconds` each."""
+) -> dict[str, Any]:
+    """Measure (a) .. (g) for one case and numerics; phases sized to about `seconds` each
+    ((c) that long per worker count)."""
     a = floor(case, numerics, seconds)
+    g, g_note = graph_floor(case, numerics, seconds)
     # Enough images for ~`seconds` of training at the floor, at least 10 steps.
     images = max(10 * case.batch, round(a * seconds / case.batch) * case.batch)
     b, e, d = cnnlab_loop(case, numerics, images)
-    c = conventional(case, numerics, images + 5 * case.batch) if conventional_too else None
-    return {"a": a, "b": b, "e": e, "c": c, "d": d, "images": images}
+    c, workers, by_workers = (
+        conventional(case, numerics, images + 5 * case.batch) if conventional_too
+        else (None, None, {})
+    )  # fmt: skip
+    return {"a": a, "g": g, "g_note": g_note, "b": b, "e": e, "c": c, "c_workers": workers,
+            "c_by_workers": by_workers, "d": d, "images": images}  # fmt: skip
 
 
 def main() -> None:
@@ -255,9 +340,9 @@ def main() -> None:
     device = resolve_device("auto")
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"batch {args.batch}, channels-first, compile {args.compile}")  # fmt: skip
-    print("| model | input | precision | (a) floor | (b) cnnlab steps | (e) cnnlab epoch "
-          "| (c) conventional | b/a | b/c | (d) cnnlab eval |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    print("| model | input | precision | (a) floor | (g) graph floor | (b) cnnlab steps "
+          "| (e) cnnlab epoch | (c) conventional [workers] | b/a | b/c | (d) cnnlab eval |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for pair in args.models.split(","):
@@ -273,10 +358,14 @@ def main() -> None:
                 r = measure(case, numerics, args.seconds, not args.no_conventional)
                 shape = "x".join(map(str, case.shape))
                 source = "random" if data == "cifar10" and not args.cifar_root else "real"
-                c, b_c = (f"{r['c']:.0f}", f"{r['b'] / r['c']:.2f}") if r["c"] else ("-", "-")
+                c, b_c = (
+                    (f"{r['c']:.0f} [{r['c_workers']}]", f"{r['b'] / r['c']:.2f}") if r["c"]
+                    else ("-", "-")
+                )  # fmt: skip
+                g = f"{r['g']:.0f}" if r["g"] else r["g_note"]
                 print(f"| {model} | {shape} {data} ({source}) | {precision} | {r['a']:.0f} "
-                      f"| {r['b']:.0f} | {r['e']:.0f} | {c} | {r['b'] / r['a']:.2f} | {b_c} "
-                      f"| {r['d']:.0f} |", flush=True)  # fmt: skip
+                      f"| {g} | {r['b']:.0f} | {r['e']:.0f} | {c} | {r['b'] / r['a']:.2f} "
+                      f"| {b_c} | {r['d']:.0f} |", flush=True)  # fmt: skip
                 results.append({"model": model, "data": data, "source": source,
                                 "precision": precision, "batch": args.batch,
                                 "compile": args.compile, **r})  # fmt: skip

@@ -169,6 +169,10 @@ class OptimConfig(_Section):
     lr: float = Field(0.1, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     no_decay_bn_bias: bool = False
+    # The lr of normalisation layers' scales and shifts is this many times the schedule's, their
+    # weight decay divided by it, so lr x decay per step is unchanged (airbench94's
+    # bias_scaler 64 on its BatchNorm shifts).
+    norm_lr_scale: float = Field(1.0, gt=0)
     momentum: float | None = Field(None, ge=0, lt=1)
     nesterov: bool | None = None
     betas: tuple[_UNIT, _UNIT] | None = None
@@ -211,6 +215,7 @@ class ScheduleConfig(_Section):
     warmup_lr: float | None = Field(None, gt=0)
     lr_min_factor: float = Field(0.0, ge=0, le=1)
     peak_epoch: float | None = Field(None, gt=0)
+    start_factor: float | None = Field(None, ge=0, le=1)  # onecycle's start; null = lr_min_factor
 
     @model_validator(mode="after")
     def _warmup_is_consistent(self) -> ScheduleConfig:
@@ -223,8 +228,9 @@ class ScheduleConfig(_Section):
             )
         if self.warmup_mode == "constant" and has_warmup and self.warmup_lr is None:
             raise ValueError("schedule.warmup_mode=constant needs schedule.warmup_lr")
-        if self.peak_epoch is not None and self.name != "onecycle":
-            raise ValueError("schedule.peak_epoch applies only to schedule.name=onecycle")
+        for key in ("peak_epoch", "start_factor"):
+            if getattr(self, key) is not None and self.name != "onecycle":
+                raise ValueError(f"schedule.{key} applies only to schedule.name=onecycle")
         return self
 
 
@@ -235,7 +241,12 @@ class AugmentConfig(_Section):
     """Batched augmentations and batch mixing applied on the training device."""
 
     crop_padding: int = Field(4, ge=0)
+    # What the crop sees beyond the border: zeros (black) or the image reflected (airbench94).
+    padding_mode: Literal["zeros", "reflect"] = "zeros"
     flip: bool = True
+    # random: each image mirrored with p 1/2 every epoch; alternating (airbench94): a fixed random
+    # half mirrored in odd epochs, the other half in even ones (in-memory datasets only).
+    flip_mode: Literal["random", "alternating"] = "random"
     cutout_size: int = Field(0, ge=0)  # 0 = off
     cutout_prob: float = Field(1.0, ge=0, le=1)
     erase_prob: float = _PROB

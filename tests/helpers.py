@@ -136,6 +136,7 @@ SHRINK = {
     "ReCUVGGSmall": lambda kw: {"width": 4},
     "NRImageNetVGG": lambda kw: {"base_width": 4},
     "SpeedNet": lambda kw: {"widths": (4, 8, 8, 16)},
+    "Airbench94": lambda kw: {"width": 4},
 }
 IMAGENET_FAMILIES = ("ImageNetResNet", "ImageNetDenseNet", "ImageNetVGG", "NRImageNetVGG")
 

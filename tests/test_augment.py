@@ -1,9 +1,12 @@
 """Batched crop and flip: the output equals a hand-made crop of the padded image."""
 
+import pytest
 import torch
 
+from cnnlab.config import AugmentConfig
 from cnnlab.data.augment import BatchAugment, crop_flip, to_model_input
 from cnnlab.data.loader import InMemoryLoader
+from cnnlab.errors import UserError
 
 
 def _images(n=16, h=6, w=5, c=2):
@@ -64,3 +67,45 @@ def test_loader_epochs_depend_only_on_seed_and_epoch():
     assert not all(torch.equal(x, y) for x, y in zip(e2a, e3))
     test = InMemoryLoader(imgs, labels, **{**kw, "train": False})
     assert torch.equal(torch.cat([x.labels for x in test.epoch(0)]), labels)
+
+
+def test_reflect_padding_crops_torchs_reflect_padded_image():
+    imgs, pad = _images(), 2
+    out = crop_flip(imgs, pad, flip=False, generator=torch.Generator().manual_seed(3),
+                    reflect=True)  # fmt: skip
+    nchw = imgs.permute(0, 3, 1, 2).float()
+    padded = torch.nn.functional.pad(nchw, (pad,) * 4, mode="reflect").permute(0, 2, 3, 1)
+    for i in range(len(imgs)):
+        assert any(
+            torch.equal(out[i].float(), padded[i, dy : dy + 6, dx : dx + 5])
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+        ), f"image {i} is not a crop of its reflect-padded copy"
+    # Reflection leaves no black border: every pixel comes from the image (all >= 1).
+    assert out.min() >= 1
+
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    n = 64
+    # Every image is a ramp rising to the right (0 .. 4): a mirrored one falls. Labels name them.
+    imgs = torch.arange(5, dtype=torch.uint8).view(1, 1, 5, 1).expand(n, 3, 5, 1)
+    kw = dict(mean=(0.5,), std=(0.5,), batch_size=16, device=torch.device("cpu"), train=True,
+              augment=BatchAugment(flip=True, flip_alternating=True), seed=7)  # fmt: skip
+    loader = InMemoryLoader(imgs.contiguous(), torch.arange(n), **kw)
+
+    def mirrored(epoch: int) -> torch.Tensor:
+        flags = torch.zeros(n, dtype=torch.bool)
+        for batch in loader.epoch(epoch):
+            flags[batch.labels] = batch.images[:, 0, 0, 0] > batch.images[:, 0, 0, -1]
+        return flags
+
+    first, second, third = mirrored(1), mirrored(2), mirrored(3)
+    assert 0 < first.sum() < n  # a random part of the set, not all or none
+    assert torch.equal(second, ~first) and torch.equal(third, first)
+
+
+def test_reflect_padding_wider_than_the_image_is_refused_in_one_line():
+    cfg = AugmentConfig(crop_padding=8, padding_mode="reflect")
+    with pytest.raises(UserError, match=r"crop_padding < 8 \(the image's side\), got 8"):
+        BatchAugment.from_config(cfg, (0.5,), (8, 8))
+    assert BatchAugment.from_config(cfg, (0.5,), (9, 9)).reflect

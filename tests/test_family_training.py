@@ -18,7 +18,7 @@ pytestmark = needs_fashion
 REPRESENTATIVES = [
     "densenet_bc100_k12", "densenet121", "preact_resnet20", "pyramidnet110_a48", "resnet18",
     "resnet20", "resnext29_4x64d", "shake_shake26_2x32d", "vgg15_bn", "wrn16_4", "vgg16_nr",
-    "speednet",
+    "speednet", "airbench94",
 ]  # fmt: skip
 # Variants whose family is only checked to train without error here, with why; their
 # forward/backward and parameter counts are checked in test_registry.py and test_zoo_*.py.

@@ -79,7 +79,7 @@ def test_a_corrupt_file_fails_clearly_by_default(tmp_path, capsys):
 
 
 def test_a_class_folder_without_images_is_a_clear_error(tmp_path, capsys):
-    root = make_image_folder(tmp_path / "images", per_class=2, val_per_class=1, corrupt=False)
+    root = make_image_folder(tmp_path / "images", per_class=8, val_per_class=1, corrupt=False)
     (root / "train" / "yellow").mkdir()
     (root / "train" / "yellow" / "notes.txt").write_text("not an image")
     assert cli("train", "--out", str(tmp_path / "run"), *TINY, f"data.root={root}") == 2
@@ -88,7 +88,7 @@ def test_a_class_folder_without_images_is_a_clear_error(tmp_path, capsys):
 
 
 def test_decoding_gives_fixed_size_rgb_from_odd_sizes_grayscale_and_png(tmp_path):
-    root = make_image_folder(tmp_path / "images", per_class=2, val_per_class=1, corrupt=False)
+    root = make_image_folder(tmp_path / "images", per_class=8, val_per_class=1, corrupt=False)
     gray = root / "train" / "green" / "green_gray.jpg"
     png = root / "train" / "red" / "red_001.png"
     assert Image.open(gray).mode == "L" and Image.open(png).size != (32, 32)
@@ -264,3 +264,10 @@ def test_a_stopped_folder_run_resumes_exactly_with_worker_processes(tmp_path):
     a, b = load_checkpoint(whole.last)["model"], load_checkpoint(stopped.last)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert without_timing(read_metrics(whole.path)) == without_timing(read_metrics(stopped.path))
+
+
+def test_alternating_flip_is_refused_for_image_folders(tmp_path):
+    root = make_image_folder(tmp_path / "images", per_class=8, val_per_class=1, corrupt=False)
+    cfg = load_config(None, [*TINY, f"data.root={root}", "augment.flip_mode=alternating"])
+    with pytest.raises(UserError, match="flip_mode=alternating works on in-memory datasets only"):
+        build_data(cfg, torch.device("cpu"))

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.config import OPTIMIZER_KEYS, OptimConfig, load_config
+from cnnlab.config import OPTIMIZER_KEYS, OptimConfig, ScheduleConfig, load_config
 from cnnlab.engine.losses import soft_target_cross_entropy
-from cnnlab.engine.optim import OPTIMIZERS, build_optimizer, param_groups
+from cnnlab.engine.optim import OPTIMIZERS, Schedule, build_optimizer, param_groups
 from cnnlab.errors import UserError
 from cnnlab.registry import build_model
 
@@ -126,3 +126,23 @@ def test_soft_target_cross_entropy_matches_torch_and_composes_with_smoothing():
         soft_target_cross_entropy(logits, other, 0.1)
     )
     assert soft_target_cross_entropy(logits, mixed, 0.1) == pytest.approx(expect.item(), rel=1e-5)
+
+
+def test_norm_lr_scale_steps_norm_layers_faster_with_the_same_decay_per_step():
+    net = tiny_net()
+    cfg = OptimConfig(lr=0.1, weight_decay=0.5, norm_lr_scale=64, momentum=0, nesterov=False)
+    opt = build_optimizer(net, cfg)
+    plain, norm = opt.param_groups
+    assert {id(p) for p in norm["params"]} == {id(net[1].weight), id(net[1].bias)}
+    assert norm["weight_decay"] == 0.5 / 64 and plain["weight_decay"] == 0.5
+    Schedule(ScheduleConfig(name="constant"), 1, 1, base_lr=0.1).apply(opt, 0)
+    assert plain["lr"] == 0.1 and norm["lr"] == pytest.approx(6.4)
+    # With no gradient, a step is the decay alone: lr x decay = 0.05 for both groups.
+    conv, shift = net[0].weight, net[1].bias
+    with torch.no_grad():
+        shift.fill_(1.0)
+    before = [conv.detach().clone(), shift.detach().clone()]
+    conv.grad, shift.grad = torch.zeros_like(conv), torch.zeros_like(shift)
+    opt.step()
+    assert torch.allclose(conv, before[0] * (1 - 0.05))
+    assert torch.allclose(shift, before[1] * (1 - 0.05))

@@ -85,6 +85,11 @@ def test_onecycle_rises_to_the_peak_epoch_then_falls_to_the_floor():
     assert max(range(80), key=q.factor) == 19
     assert q.factor(0) == pytest.approx(0.2 + 0.8 / 20)
     assert q.factor(79) == pytest.approx(1 - 0.8 * 59 / 60)
+    # A separate start (airbench94's triangle: 0.2 -> 1 -> 0.07); the fall is unchanged.
+    t = Schedule(ScheduleConfig(name="onecycle", lr_min_factor=0.07, start_factor=0.2), 8, 10)
+    assert t.factor(0) == pytest.approx(0.2 + 0.8 / 20)
+    assert t.factor(19) == pytest.approx(1.0)
+    assert t.factor(79) == pytest.approx(1 - 0.93 * 59 / 60)
 
 
 def test_curve_is_the_lr_of_every_step():
@@ -100,6 +105,7 @@ def test_curve_is_the_lr_of_every_step():
         (["schedule.warmup_mode=constant", "schedule.warmup_steps=10"], "needs schedule.warmup_lr"),
         (["schedule.warmup_lr=0.01"], "schedule.warmup_lr needs a warm-up length"),
         (["schedule.name=cosine", "schedule.peak_epoch=2"], "applies only to schedule.name=one"),
+        (["schedule.name=cosine", "schedule.start_factor=0.2"], "start_factor applies only to"),
         (["schedule.name=onecycle", "schedule.peak_epoch=5"], "must lie below train.epochs"),
         (["schedule.warmup_steps=-1"], "config key 'schedule.warmup_steps'"),
         (["schedule.name=poly"], "config key 'schedule.name'"),

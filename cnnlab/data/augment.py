@@ -18,10 +18,23 @@ from cnnlab.config import AugmentConfig
 from cnnlab.errors import UserError
 
 
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    # Positions -1, -2 .. map to 1, 2 ..; size, size + 1 .. to size - 2, size - 3 .. (the edge
+    # is not repeated, as torch's 'reflect' padding).
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
 def crop_flip(
-    images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator
+    images: torch.Tensor,
+    padding: int,
+    flip: bool,
+    generator: torch.Generator,
+    reflect: bool = False,
+    mirrored: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Randomly crop each uint8 NHWC image from its zero-padded copy and flip half of them.
+    """Randomly crop each uint8 NHWC image from its padded copy (zeros, or the image reflected
+    with `reflect`) and flip half of them (or those `mirrored` names, when given).
 
     Offsets are uniform in [0, 2*padding] per image (as a pad-then-random-crop does); a flip
     mirrors the crop's columns, so both happen in a single gather with no per-image Python.
@@ -30,7 +43,7 @@ def crop_flip(
     dev = images.device
     if padding == 0 and not flip:
         return images
-    if padding:
+    if padding and not reflect:
         images = torch.nn.functional.pad(images, (0, 0, padding, padding, padding, padding))
     span = 2 * padding + 1
     dy = torch.randint(span, (n,), generator=generator, device=dev)
@@ -38,9 +51,12 @@ def crop_flip(
     rows = dy[:, None] + torch.arange(h, device=dev)
     cols = torch.arange(w, device=dev).expand(n, w)
     if flip:
-        mirrored = torch.rand(n, generator=generator, device=dev) < 0.5
+        if mirrored is None:
+            mirrored = torch.rand(n, generator=generator, device=dev) < 0.5
         cols = torch.where(mirrored[:, None], cols.flip(1), cols)
     cols = dx[:, None] + cols
+    if reflect:  # index the unpadded image: offset back, reflect what falls outside
+        rows, cols = _reflect(rows - padding, h), _reflect(cols - padding, w)
     batch = torch.arange(n, device=dev)[:, None, None]
     return images[batch, rows[:, :, None], cols[:, None, :]]
 
@@ -147,6 +163,15 @@ def random_erasing(
     return torch.where(mask, value, x)
 
 
+def alternating_flips(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """Return which of `n` images epoch `epoch` mirrors under alternating flip (airbench94): a
+    fixed random half, drawn once from `seed`, in odd epochs, and the other half in even ones,
+    so every image is seen both ways every two epochs."""
+    gen = torch.Generator(device=device).manual_seed((seed * 1_000_003 + 424_243) % (2**63))
+    fixed = torch.rand(n, generator=gen, device=device) < 0.5
+    return fixed if epoch % 2 == 1 else ~fixed
+
+
 @functools.lru_cache(maxsize=8)
 def _fill_tensor(fill: tuple[float, ...], device: torch.device) -> torch.Tensor:
     # Built and copied to the device once, not at every step (a host-to-device copy each).
@@ -162,7 +187,9 @@ class BatchAugment:
     """
 
     crop_padding: int = 0
+    reflect: bool = False
     flip: bool = False
+    flip_alternating: bool = False
     patch_shuffle_prob: float = 0.0
     patch_shuffle_size: int = 2
     cutout_size: int = 0
@@ -183,12 +210,19 @@ class BatchAugment:
                 f"augment.patch_shuffle_size={cfg.patch_shuffle_size} is larger than the "
                 f"{image_size[0]}x{image_size[1]} images"
             )
+        if cfg.padding_mode == "reflect" and cfg.crop_padding >= min(image_size):
+            raise UserError(
+                f"augment.padding_mode=reflect needs augment.crop_padding < {min(image_size)} "
+                f"(the image's side), got {cfg.crop_padding}"
+            )
         # The official Random Erasing code writes the [0, 1]-scale mean into the *normalised*
         # image; "mean" reproduces that (it is not 0 = the mean after normalisation).
         fill = tuple(mean) if cfg.erase_fill == "mean" else None
         return cls(
             crop_padding=cfg.crop_padding,
+            reflect=cfg.padding_mode == "reflect",
             flip=cfg.flip,
+            flip_alternating=cfg.flip and cfg.flip_mode == "alternating",
             # A stage mask whose first flag (the input image) is off leaves the images alone.
             patch_shuffle_prob=cfg.patch_shuffle_prob * (cfg.patch_shuffle_stages or [True])[0],
             patch_shuffle_size=cfg.patch_shuffle_size,
@@ -201,9 +235,16 @@ class BatchAugment:
             erase_fill=fill,
         )
 
-    def pixels(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Apply the uint8 NHWC ops (crop, flip, PatchShuffle)."""
-        images = crop_flip(images, self.crop_padding, self.flip, generator)
+    def pixels(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator,
+        mirrored: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Apply the uint8 NHWC ops (crop, flip, PatchShuffle); `mirrored`, when given, names
+        the images to flip (alternating flip) instead of a random half."""
+        images = crop_flip(images, self.crop_padding, self.flip, generator, self.reflect,
+                           mirrored)  # fmt: skip
         if self.patch_shuffle_prob:
             images = patch_shuffle(
                 images, self.patch_shuffle_size, self.patch_shuffle_prob, generator

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cnnlab.data.augment import BatchAugment, to_model_input
+from cnnlab.data.augment import BatchAugment, alternating_flips, to_model_input
 from cnnlab.data.mixing import BatchMixer
 
 
@@ -158,9 +158,13 @@ class InMemoryLoader(BatchLoader):
         if self.rank:
             gen = epoch_generator(self.seed, epoch, self.device, self.rank)
         rng = epoch_rng(self.seed, epoch, self.rank)
+        flips = (
+            alternating_flips(n, self.seed, epoch, self.device)
+            if self.augment.flip_alternating else None
+        )  # fmt: skip
         for i in range(len(self)):
             idx = order[rank_slice(i, self.batch_size, self.rank, self.world)]
-            raw = self.augment.pixels(self.images[idx], gen)
+            raw = self.augment.pixels(self.images[idx], gen, None if flips is None else flips[idx])
             x = to_model_input(raw, self.mean, self.inv_std, self.dtype)
             x = self.augment.normalised(x, gen)
             labels = self.labels[idx]

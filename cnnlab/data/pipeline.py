@@ -207,6 +207,8 @@ def _build_folder(
     check_batch(cfg.train.batch_size, len(train), world)
     info = folder_info(d, splits.classes)
     augment = BatchAugment.from_config(cfg.augment, info.mean, info.image_size)
+    if augment.flip_alternating:
+        raise UserError("augment.flip_mode=alternating works on in-memory datasets only")
     if d.train_crop == "random_resized":
         augment = replace(augment, crop_padding=0)  # the random resized crop replaces it
     mixer = BatchMixer.from_config(cfg.augment, info.num_classes)

@@ -21,19 +21,28 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
-    """Split parameters into a decayed group and, if asked, a no-decay group (norms, biases)."""
-    if not no_decay_bn_bias:
+def param_groups(
+    model: nn.Module, weight_decay: float, no_decay_bn_bias: bool, norm_lr_scale: float = 1.0
+) -> list[dict]:
+    """Split parameters into a decayed group and, if asked, a no-decay group (norms, biases);
+    with `norm_lr_scale` != 1 the norm layers' parameters form their own group whose
+    `lr_scale` multiplies the schedule's lr (and divides its decay: same decay per step)."""
+    if not no_decay_bn_bias and norm_lr_scale == 1.0:
         return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
     norm_params = {
         id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(False)
     }
-    decay, no_decay = [], []
+    decay, no_decay, norm = [], [], []
     for name, p in model.named_parameters():
-        exempt = id(p) in norm_params or name.rsplit(".", 1)[-1] == "bias"
+        if norm_lr_scale != 1.0 and id(p) in norm_params:
+            norm.append(p)
+            continue
+        exempt = no_decay_bn_bias and (id(p) in norm_params or name.rsplit(".", 1)[-1] == "bias")
         (no_decay if exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     groups.append({"params": no_decay, "weight_decay": 0.0})
+    norm_decay = 0.0 if no_decay_bn_bias else weight_decay / norm_lr_scale
+    groups.append({"params": norm, "weight_decay": norm_decay, "lr_scale": norm_lr_scale})
     return [g for g in groups if g["params"]]
 
 
@@ -47,7 +56,7 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """Return the optimizer named by `cfg.name` over `model`'s parameters (its fused kernel
     where `fused` and torch has one)."""
-    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias)
+    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias, cfg.norm_lr_scale)
     extra = {"fused": True} if fused and cfg.name in FUSED else {}
     return OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **cfg.options(), **extra)
 
@@ -60,7 +69,8 @@ class Schedule:
     gives a factor of the base lr: multistep (x gamma at each milestone epoch, counted from
     step 0); cosine, linear and onecycle run over the steps after warm-up, from 1 down to
     lr_min_factor m. cosine: m + (1 - m)(1 + cos(pi t / T)) / 2; linear: 1 - (1 - m) t / T;
-    onecycle: rises linearly from m to 1 at `peak_epoch`, then falls linearly to m.
+    onecycle: rises linearly from `start_factor` (default m) to 1 at `peak_epoch`, then falls
+    linearly to m.
     """
 
     def __init__(
@@ -94,7 +104,8 @@ class Schedule:
             return self.cfg.gamma**passed
         if name == "onecycle":
             if step < self.peak:
-                return m + (1 - m) * (step - self.warmup + 1) / (self.peak - self.warmup)
+                s = m if self.cfg.start_factor is None else self.cfg.start_factor
+                return s + (1 - s) * (step - self.warmup + 1) / (self.peak - self.warmup)
             return 1 - (1 - m) * (step - self.peak) / max(1, self.total - self.peak)
         span = max(1, self.total - self.warmup)
         t = min(step - self.warmup, span)
@@ -113,8 +124,8 @@ class Schedule:
         return [self.lr(step) for step in range(self.total)]
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Set every param group's lr for `step`; return it."""
+        """Set every param group's lr for `step` (times the group's `lr_scale`); return it."""
         lr = self.lr(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr

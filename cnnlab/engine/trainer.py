@@ -44,6 +44,7 @@ from cnnlab.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from cnnlab.engine.data_init import init_from_data
 from cnnlab.engine.evaluate import evaluate
 from cnnlab.engine.faults import fault_point
 from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict, precision_note
@@ -246,12 +247,14 @@ class Trainer:
         return f"{kind.__module__}.{kind.__qualname__}:{self.params}"
 
     def start_fresh(self) -> None:
-        """Seed the run's random streams, choose numerics (measuring if 'auto') and build the
-        optimizer."""
+        """Seed the run's random streams, set data-dependent weights (a model's
+        `init_from_data`), choose numerics (measuring if 'auto') and build the optimizer."""
         t = self.cfg.train
         # Dropout and other draws from the global generators start from the seed (each rank
         # its own stream); the data order and augmentation have their own (seed, epoch) ones.
         seed_everything(distributed.rank_seed(t.seed, self.dist.rank))
+        if count := init_from_data(self.model, self.data.train):
+            self.run.log(f"model initialised from the first {count} training images")
         model_key = self._numerics_key()
         # Rank 0 measures (or reads its cache) and every rank uses its choice.
         numerics = distributed.on_main(
