@@ -19,6 +19,18 @@ def train(args: argparse.Namespace, console: Console) -> int:
 
     try:
         return _train(args, console)
+    except RuntimeError as exc:
+        # A rank that hits bad data says so in one line and exits 2, and torchrun then stops the
+        # others; one already waiting in a collective sees the connection close first. That is
+        # the other rank's failure, not a bug here: one line, not a traceback that buries the
+        # message. (Agreeing on errors with a collective at each step would cost a sync per step.)
+        if not distributed.peer_failed(exc):
+            raise
+        info = distributed.current()
+        raise UserError(
+            f"stopped: another process of this {info.world}-process job failed first "
+            "(its message is above; torchrun's report names its rank)"
+        ) from None
     finally:
         distributed.shutdown()
 

@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from cnnlab.engine.checkpoint import load_checkpoint
-from tests.helpers import TINY_CPU, needs_fashion, read_metrics, without_timing
+from tests.helpers import TINY_CPU, assert_same_run, needs_fashion, read_metrics
 
 pytestmark = [needs_fashion, pytest.mark.slow]
 
@@ -114,10 +113,6 @@ def _killed(args: list[str], fault: str) -> None:
     assert done.returncode == -signal.SIGKILL, f"{fault} was never reached: {done.stderr[-2000:]}"
 
 
-def _temp_files(folder: Path) -> list[str]:
-    return [p.name for p in folder.rglob("*") if ".tmp" in p.name]
-
-
 def _assert_readable(run: Path) -> None:
     # Right after the kill, every file that is not a temp file is whole.
     if (run / "last.pt").exists():
@@ -127,34 +122,6 @@ def _assert_readable(run: Path) -> None:
     for name in ("summary.json", "config.yaml"):
         if (run / name).exists():
             assert (run / name).read_text().endswith("\n")
-
-
-def assert_same_tree(a: object, b: object, where: str = "") -> None:
-    """Assert two checkpoint values (nested dicts, lists, tensors, numbers) are bitwise equal."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
-        assert torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys differ"
-        for k in a:
-            assert_same_tree(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), f"{where}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tree(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
-def assert_same_run(whole: Path, resumed: Path) -> None:
-    """Assert the resumed run ended exactly where the uninterrupted one did."""
-    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(resumed / "last.pt")
-    for key in ("model", "optimizer", "callbacks", "architecture", "epoch", "step", "best"):
-        assert_same_tree(a[key], b[key], key)
-    assert_same_tree(a["rng"], b["rng"], "rng")
-    assert without_timing(read_metrics(whole)) == without_timing(read_metrics(resumed))
-    assert (resumed / "summary.json").exists()
-    assert _temp_files(resumed) == []
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,14 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def peer_failed(exc: BaseException) -> bool:
+    """Return whether `exc` is one of this job's collectives failing because another process
+    of the job is gone (nccl raises DistBackendError; gloo a RuntimeError from its transport)."""
+    if not current().active or not isinstance(exc, RuntimeError):
+        return False
+    return isinstance(exc, dist.DistError) or "gloo/transport" in str(exc)
+
+
 def barrier() -> None:
     """Wait for every rank (no-op for one process)."""
     if current().active:
