@@ -62,6 +62,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         cfg = load_config(args.config, args.overrides)
         check_model_options(cfg.model.name, cfg.model.options())  # before any data is read
         info = distributed.init_from_env(cfg.train.device)
+        if args.out:
+            distributed.on_main(lambda: RunFolder.check_new(args.out))  # before reading data
         # A dataset that cannot be read or a model option out of range stops here, before the
         # folder exists.
         prepared = prepare_run(cfg)

@@ -74,6 +74,18 @@ def test_a_bad_model_option_or_dataset_is_refused_before_a_run_folder_is_made(
     assert not (tmp_path / "run").exists() and not (tmp_path / "api-run").exists()
 
 
+def test_an_existing_out_is_refused_before_the_data_is_read(tmp_path, capsys):
+    # The folder check comes first: the truncated data file would be named otherwise.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep me")
+    args = [*TINY_CPU, f"data.root={_truncated_fashion(tmp_path / 'fm')}"]
+    assert "already exists" in refused(capsys, "train", "--out", str(run), *args)
+    with pytest.raises(UserError, match="already exists"):
+        train(overrides=args, out=run)
+    assert [p.name for p in run.iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.parametrize(
     "damage, says",
     [

@@ -122,6 +122,8 @@ def train(
         cfg = validate(apply_overrides(raw, list(overrides)))
     else:
         cfg = load_config(config, list(overrides))
+    if out is not None:
+        RunFolder.check_new(Path(out))  # before the slow reading of the data
     prepared = prepare_run(cfg)  # data and model errors before the folder exists
     run = RunFolder.create(Path(out) if out is not None else default_run_dir(cfg.name))
     return train_new(cfg, run, callbacks, prepared)
