@@ -5,8 +5,9 @@ metrics.jsonl (timing fields aside), with no temp file left in the run folder.
 The kills are deterministic: CNNLAB_FAULT=POINT:N makes the process SIGKILL itself the N-th time
 it reaches fault_point(POINT) (cnnlab/engine/faults.py), so each case kills where it says, never
 "somewhere after a sleep". Every configuration draws from the global random generators (dropout,
-shake-shake, mixup and cutmix, random erasing) or carries state beside the weights (EMA, ReCU's
-tau, NR's rebuilt architecture), so a resume that lost an RNG state or a callback would differ.
+shake-shake) or carries state beside the weights (EMA, ReCU's tau, NR's rebuilt architecture), so
+a resume that lost an RNG state or a callback would differ; mixup, cutmix and random erasing draw
+from streams rebuilt from (seed, epoch), so a resume mid-epoch must also land on the right step.
 
 One uninterrupted reference run per configuration is shared by all its kill points; the
 references train in the background while the kill cases run.
@@ -69,29 +70,31 @@ CONFIGS = {
 }
 
 # (configuration, CNNLAB_FAULT of the first session, then of each resumed session) per case.
-# Counts: wrn has 4 steps per epoch, 1 val + 1 test batch per evaluation and the EMA's
-# evaluation after the raw weights' one (eval_batch 3-4 and 7-8), 5 probes per epoch.
-# A kill before the first checkpoint leaves nothing to resume, so the resumed session starts
-# over and counts its points as a fresh one does: such a kill is followed in the same case by a
-# later one (one process less per kill point, the same points killed). A resumed session after
-# epoch 1 counts from epoch 2 on (e.g. its last.pt_before_rename:1 is epoch 2's checkpoint).
+# Counts are per process. wrn has 4 steps per epoch, 1 val + 1 test batch per evaluation and the
+# EMA's evaluation after the raw weights' one (eval_batch 3-4 and 7-8), 5 probes per epoch.
+# A kill before the first checkpoint leaves nothing to resume: the resumed session starts over
+# and counts its points as a fresh one does. A session resumed after epoch 1 counts from epoch
+# 2 on (its train_step:2 is step 6, its last.pt_before_rename:1 is epoch 2's checkpoint). So a
+# case kills the sessions that follow one another at later and later points, one process per
+# kill point instead of two, and every kill is resumed from.
 KILLS = [
-    ("wrn", "train_step:1", "summary.json_before_rename:1"),  # all trained, no summary yet
-    ("wrn", "train_step:4", "train_step:6"),  # the last step of epoch 1; mid epoch 2
-    ("wrn", "eval_batch:1", "eval_batch:6"),  # validation, epoch 1; test, epoch 2
-    ("wrn", "eval_batch:3", "probe_measure:8"),  # the EMA weights' evaluation; epoch 2's probes
-    ("wrn", "probe_measure:1", "last.pt_before_rename:2"),
-    ("wrn", "last.pt_before_rename:1", "metrics.jsonl_before_rename:2"),  # after the last .pt
-    ("wrn", "best.pt_before_rename:1"),  # last.pt of epoch 1 written, best.pt not
-    ("wrn", "metrics.jsonl_before_rename:1"),  # both checkpoints written, the metrics not
+    # Step 1; the last step of epoch 1; validation, epoch 1; between epoch 1's last.pt and
+    # best.pt; then (from epoch 1) mid epoch 2; killed again while resuming: test, epoch 2.
+    ("wrn", "train_step:1", "train_step:4", "eval_batch:1", "best.pt_before_rename:1",
+     "train_step:2", "eval_batch:2"),
+    # The EMA weights' evaluation and the probes, epoch 1; epoch 1's last.pt before its rename;
+    # both checkpoints of epoch 1 written, its metrics not; then epoch 2's probes and last.pt.
+    ("wrn", "eval_batch:3", "probe_measure:1", "last.pt_before_rename:1",
+     "metrics.jsonl_before_rename:1", "probe_measure:3", "last.pt_before_rename:1"),
+    # Mid epoch 2; epoch 2's metrics after its checkpoint; all trained, the summary not written.
+    ("wrn", "train_step:6", "metrics.jsonl_before_rename:1", "summary.json_before_rename:1"),
     ("wrn", "config.yaml_before_rename:1"),  # nothing but a temp config: start again
-    ("wrn", "train_step:6", "train_step:2"),  # killed again while resuming from epoch 1
     ("shake", "train_step:3", "last.pt_before_rename:1"),  # epoch 2: a step, its checkpoint
     ("recu", "train_step:5", "eval_batch:1"),  # epoch 2: a step, its test
     # The net just rebuilt (not yet in any checkpoint); the rebuilt net's first checkpoint;
     # training the rebuilt net.
     ("nr", "model_rebuild:1", "last.pt_before_rename:1", "train_step:7"),
-]
+]  # fmt: skip
 
 
 def _cnnlab(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
