@@ -6,8 +6,8 @@ The kills are deterministic: CNNLAB_FAULT=POINT:N makes the process SIGKILL itse
 it reaches fault_point(POINT) (cnnlab/engine/faults.py), so each case kills where it says, never
 "somewhere after a sleep". Every configuration draws from the global random generators (dropout,
 shake-shake) or carries state beside the weights (EMA, ReCU's tau, NR's rebuilt architecture), so
-a resume that lost an RNG state or a callback would differ; mixup, cutmix and random erasing draw
-from streams rebuilt from (seed, epoch), so a resume mid-epoch must also land on the right step.
+a resume that lost an RNG state or a callback would differ (mixup, cutmix and random erasing
+draw from streams rebuilt from the seed and the epoch).
 
 One uninterrupted reference run per configuration is shared by all its kill points; the
 references train in the background while the kill cases run.
