@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cnnlab.errors import UserError
+from cnnlab.errors import ReportedElsewhere, UserError
 
 # eval.tta's values (cnnlab.config.EvalConfig; a test keeps the two lists equal). The config
 # module is not imported here so that `cnnlab --help` starts without pydantic.
@@ -220,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
+        if isinstance(exc, ReportedElsewhere):
+            return 2
         # Under torchrun every rank may fail; rank r > 0 says which it is.
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
         _report(str(exc), f"[rank {rank}] " if rank != "0" else "")

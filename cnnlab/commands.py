@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,18 @@ def train(args: argparse.Namespace, console: Console) -> int:
 
     try:
         return _train(args, console)
+    except RuntimeError as exc:
+        # A rank that hits bad data says so in one line and exits 2, and torchrun then stops the
+        # others; one already waiting in a collective sees the connection close first. That is
+        # the other rank's failure, not a bug here: one line, not a traceback that buries the
+        # message. (Agreeing on errors with a collective at each step would cost a sync per step.)
+        if not distributed.peer_failed(exc):
+            raise
+        info = distributed.current()
+        raise UserError(
+            f"stopped: another process of this {info.world}-process job failed first "
+            "(its message is above; torchrun's report names its rank)"
+        ) from None
     finally:
         distributed.shutdown()
 
@@ -30,7 +43,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from cnnlab.engine.run_folder import RunFolder, default_run_dir
     from cnnlab.registry import check_model_options
     from cnnlab.run.resume_check import resume_config
-    from cnnlab.run.training import train_new, train_resume
+    from cnnlab.run.training import prepare_run, train_new, train_resume
 
     if args.resume is not None:
         if args.config or args.overrides or args.out:
@@ -47,14 +60,19 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         if args.extend_epochs is not None:
             raise UserError("--extend-epochs N lengthens a run: use it with --resume RUN")
         cfg = load_config(args.config, args.overrides)
-        check_model_options(cfg.model.name, cfg.model.options())  # before the folder is made
+        check_model_options(cfg.model.name, cfg.model.options())  # before any data is read
         info = distributed.init_from_env(cfg.train.device)
+        if args.out:
+            distributed.on_main(lambda: RunFolder.check_new(args.out))  # before reading data
+        # A dataset that cannot be read or a model option out of range stops here, before the
+        # folder exists.
+        prepared = prepare_run(cfg)
         # Rank 0 picks (the timestamped default) and creates the folder; the others follow it.
         path = distributed.on_main(
             lambda: RunFolder.create(args.out or default_run_dir(cfg.name)).path
         )
         run = RunFolder(path, writer=info.is_main)
-        start = train_new
+        start = functools.partial(train_new, prepared=prepared)
     if not info.is_main:
         console = Console(quiet=True)
     reporter = ConsoleReporter(console)

@@ -13,6 +13,7 @@ import torch
 
 from cnnlab.cli import main
 from cnnlab.data.download import locate
+from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.registry import model_entry
 
 # Where cnnlab itself finds Fashion-MNIST ($CNNLAB_DATA, its cache, the Debian folder), looked up
@@ -99,6 +100,41 @@ def files_below(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int
 def without_timing(rows: list[dict]) -> list[dict]:
     """Drop the wall-clock fields of metrics rows, which differ between equal runs."""
     return [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in rows]
+
+
+def temp_files(folder: Path) -> list[str]:
+    """Return the names of the temp files (unfinished atomic writes) anywhere below `folder`."""
+    return [p.name for p in folder.rglob("*") if ".tmp" in p.name]
+
+
+def assert_same_tree(a: object, b: object, where: str = "") -> None:
+    """Assert two checkpoint values (nested dicts, lists, tensors, numbers) are bitwise equal."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
+        assert torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys differ"
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), f"{where}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_same_run(whole: Path, resumed: Path) -> None:
+    """Assert the resumed run ended exactly where the uninterrupted one did: weights, optimizer,
+    callbacks, RNG states (every rank's under DDP) and metrics.jsonl, with no temp file left."""
+    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(resumed / "last.pt")
+    for key in ("model", "optimizer", "callbacks", "architecture", "epoch", "step", "best"):
+        assert_same_tree(a[key], b[key], key)
+    assert_same_tree(a["rng"], b["rng"], "rng")
+    assert_same_tree(a.get("rng_by_rank"), b.get("rng_by_rank"), "rng_by_rank")
+    assert without_timing(read_metrics(whole)) == without_timing(read_metrics(resumed))
+    assert (resumed / "summary.json").exists()
+    assert temp_files(resumed) == []
 
 
 # Per family, overrides that shrink a variant to its family's narrowest, shallowest valid form

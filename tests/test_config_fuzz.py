@@ -64,11 +64,12 @@ DOCUMENTS = st.one_of(
 
 @pytest.fixture
 def stub_trainer(monkeypatch):
-    """Replace training by a stub that returns a summary."""
+    """Replace reading the data, building the model and training by stubs (a summary)."""
 
-    def fake_train(cfg, run, callbacks=()):
+    def fake_train(cfg, run, callbacks=(), prepared=None):
         return {"wall_seconds": 0.0, "final": {"test_error": 50.0, "test_top5_error": 10.0}}
 
+    monkeypatch.setattr(training, "prepare_run", lambda cfg: (None, None))
     monkeypatch.setattr(training, "train_new", fake_train)
 
 

@@ -31,10 +31,12 @@ VISITS = (
 )
 
 
-def _visits(fault: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "CNNLAB_FAULT"}
+def _visits(fault: str | None, rank: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("CNNLAB_FAULT", "RANK")}
     if fault is not None:
         env["CNNLAB_FAULT"] = fault
+    if rank is not None:
+        env["RANK"] = rank  # as torchrun sets it
     return subprocess.run(
         [sys.executable, "-c", VISITS], capture_output=True, text=True, env=env, timeout=60
     )
@@ -49,10 +51,18 @@ def test_the_fault_hook_kills_at_the_nth_visit_of_its_point_only():
     assert _visits("elsewhere:1").returncode == 0
 
 
-@pytest.mark.parametrize("bad", ["here", "here:0", "here:x", ":2"])
+def test_a_fault_aimed_at_one_rank_kills_that_rank_only():
+    killed = _visits("here:2@1", rank="1")
+    assert killed.returncode == -signal.SIGKILL and killed.stdout.split() == ["0"]
+    assert _visits("here:2@1", rank="0").returncode == 0
+    assert _visits("here:2@1").returncode == 0  # no torchrun: the one process is rank 0
+    assert _visits("here:2@0").returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("bad", ["here", "here:0", "here:x", ":2", "here:2@", "here:2@x"])
 def test_a_malformed_fault_setting_fails_loudly_instead_of_never_killing(bad):
     done = _visits(bad)
-    assert done.returncode == 1 and "expected POINT:N with N >= 1" in done.stderr
+    assert done.returncode == 1 and "expected POINT:N or POINT:N@RANK with N >= 1" in done.stderr
 
 
 def _draws() -> tuple:

@@ -4,6 +4,7 @@ one clear line on stderr and exit 2, and nothing that existed is changed."""
 
 import errno
 import os
+import re
 import shutil
 
 import pytest
@@ -11,8 +12,10 @@ import torch
 
 from cnnlab.engine import checkpoint
 from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.errors import UserError
+from cnnlab.run.training import train
 from tests.folder_helpers import make_image_folder
-from tests.helpers import TINY_CPU, cli, files_below, needs_fashion, read_metrics
+from tests.helpers import FASHION, TINY_CPU, cli, files_below, needs_fashion, read_metrics
 
 pytestmark = needs_fashion
 
@@ -41,6 +44,46 @@ def refused(capsys, *args) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
+
+
+def _truncated_fashion(folder):
+    # Fashion-MNIST with its training images cut short, as an interrupted copy leaves them.
+    folder.mkdir()
+    for source in FASHION.glob("*.gz"):
+        data = source.read_bytes()
+        (folder / source.name).write_bytes(data[:1000] if "train-images" in source.name else data)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (lambda tmp: ["model.name=wrn16_4", "model.dropout=1.5"], "dropout must lie in [0, 1)"),
+        (lambda tmp: [f"data.root={_truncated_fashion(tmp / 'fm')}"], "the file ends early"),
+        (lambda tmp: ["data.name=folder", f"data.root={tmp / 'none'}"], "is not a folder"),
+    ],
+    ids=["model-option-out-of-range", "truncated-data-file", "missing-image-folder"],
+)
+def test_a_bad_model_option_or_dataset_is_refused_before_a_run_folder_is_made(
+    tmp_path, capsys, bad, says
+):
+    args = [*TINY_CPU, *bad(tmp_path)]
+    assert says in refused(capsys, "train", "--out", str(tmp_path / "run"), *args)
+    with pytest.raises(UserError, match=re.escape(says)):  # the Python API too
+        train(overrides=args, out=tmp_path / "api-run")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "api-run").exists()
+
+
+def test_an_existing_out_is_refused_before_the_data_is_read(tmp_path, capsys):
+    # The folder check comes first: the truncated data file would be named otherwise.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep me")
+    args = [*TINY_CPU, f"data.root={_truncated_fashion(tmp_path / 'fm')}"]
+    assert "already exists" in refused(capsys, "train", "--out", str(run), *args)
+    with pytest.raises(UserError, match="already exists"):
+        train(overrides=args, out=run)
+    assert [p.name for p in run.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.parametrize(

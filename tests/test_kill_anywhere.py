@@ -5,10 +5,12 @@ metrics.jsonl (timing fields aside), with no temp file left in the run folder.
 The kills are deterministic: CNNLAB_FAULT=POINT:N makes the process SIGKILL itself the N-th time
 it reaches fault_point(POINT) (cnnlab/engine/faults.py), so each case kills where it says, never
 "somewhere after a sleep". Every configuration draws from the global random generators (dropout,
-shake-shake, mixup and cutmix, random erasing) or carries state beside the weights (EMA, ReCU's
-tau, NR's rebuilt architecture), so a resume that lost an RNG state or a callback would differ.
+shake-shake) or carries state beside the weights (EMA, ReCU's tau, NR's rebuilt architecture), so
+a resume that lost an RNG state or a callback would differ (mixup, cutmix and random erasing
+draw from streams rebuilt from the seed and the epoch).
 
-One uninterrupted reference run per configuration is shared by all its kill points.
+One uninterrupted reference run per configuration is shared by all its kill points; the
+references train in the background while the kill cases run.
 """
 
 import os
@@ -18,10 +20,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from cnnlab.engine.checkpoint import load_checkpoint
-from tests.helpers import TINY_CPU, needs_fashion, read_metrics, without_timing
+from tests.helpers import TINY_CPU, assert_same_run, needs_fashion, read_metrics
 
 pytestmark = [needs_fashion, pytest.mark.slow]
 
@@ -68,34 +69,32 @@ CONFIGS = {
     ],
 }
 
-# (configuration, CNNLAB_FAULT of the first session[, of the second session]) per kill point.
-# Counts: wrn has 4 steps per epoch, 1 val + 1 test batch per evaluation and the EMA's
-# evaluation after the raw weights' one (eval_batch 3-4 and 7-8), 5 probes per epoch.
+# (configuration, CNNLAB_FAULT of the first session, then of each resumed session) per case.
+# Counts are per process. wrn has 4 steps per epoch, 1 val + 1 test batch per evaluation and the
+# EMA's evaluation after the raw weights' one (eval_batch 3-4 and 7-8), 5 probes per epoch.
+# A kill before the first checkpoint leaves nothing to resume: the resumed session starts over
+# and counts its points as a fresh one does. A session resumed after epoch 1 counts from epoch
+# 2 on (its train_step:2 is step 6, its last.pt_before_rename:1 is epoch 2's checkpoint). So a
+# case kills the sessions that follow one another at later and later points, one process per
+# kill point instead of two, and every kill is resumed from.
 KILLS = [
-    ("wrn", "train_step:1"),  # before any checkpoint: resume starts over
-    ("wrn", "train_step:4"),  # the last step of epoch 1, before its evaluation
-    ("wrn", "train_step:6"),  # mid epoch 2
-    ("wrn", "eval_batch:1"),  # validation, epoch 1
-    ("wrn", "eval_batch:3"),  # the EMA weights' evaluation, epoch 1
-    ("wrn", "eval_batch:6"),  # test, epoch 2
-    ("wrn", "probe_measure:1"),
-    ("wrn", "probe_measure:8"),  # epoch 2
-    ("wrn", "last.pt_before_rename:1"),
-    ("wrn", "last.pt_before_rename:2"),
-    ("wrn", "best.pt_before_rename:1"),
-    ("wrn", "metrics.jsonl_before_rename:1"),
-    ("wrn", "metrics.jsonl_before_rename:2"),  # after the last checkpoint
-    ("wrn", "summary.json_before_rename:1"),  # all trained, the summary not yet written
+    # Step 1; the last step of epoch 1; validation, epoch 1; between epoch 1's last.pt and
+    # best.pt; then (from epoch 1) mid epoch 2; killed again while resuming: test, epoch 2.
+    ("wrn", "train_step:1", "train_step:4", "eval_batch:1", "best.pt_before_rename:1",
+     "train_step:2", "eval_batch:2"),
+    # The EMA weights' evaluation and the probes, epoch 1; epoch 1's last.pt before its rename;
+    # both checkpoints of epoch 1 written, its metrics not; then epoch 2's probes and last.pt.
+    ("wrn", "eval_batch:3", "probe_measure:1", "last.pt_before_rename:1",
+     "metrics.jsonl_before_rename:1", "probe_measure:3", "last.pt_before_rename:1"),
+    # Mid epoch 2; epoch 2's metrics after its checkpoint; all trained, the summary not written.
+    ("wrn", "train_step:6", "metrics.jsonl_before_rename:1", "summary.json_before_rename:1"),
     ("wrn", "config.yaml_before_rename:1"),  # nothing but a temp config: start again
-    ("wrn", "train_step:6", "train_step:2"),  # killed again while resuming
-    ("shake", "train_step:3"),
-    ("shake", "last.pt_before_rename:2"),
-    ("recu", "train_step:5"),
-    ("recu", "eval_batch:2"),
-    ("nr", "model_rebuild:1"),  # the net just rebuilt, not yet in any checkpoint
-    ("nr", "last.pt_before_rename:1"),  # the rebuilt net's first checkpoint
-    ("nr", "train_step:7"),  # training the rebuilt net
-]
+    ("shake", "train_step:3", "last.pt_before_rename:1"),  # epoch 2: a step, its checkpoint
+    ("recu", "train_step:5", "eval_batch:1"),  # epoch 2: a step, its test
+    # The net just rebuilt (not yet in any checkpoint); the rebuilt net's first checkpoint;
+    # training the rebuilt net.
+    ("nr", "model_rebuild:1", "last.pt_before_rename:1", "train_step:7"),
+]  # fmt: skip
 
 
 def _cnnlab(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
@@ -114,10 +113,6 @@ def _killed(args: list[str], fault: str) -> None:
     assert done.returncode == -signal.SIGKILL, f"{fault} was never reached: {done.stderr[-2000:]}"
 
 
-def _temp_files(folder: Path) -> list[str]:
-    return [p.name for p in folder.rglob("*") if ".tmp" in p.name]
-
-
 def _assert_readable(run: Path) -> None:
     # Right after the kill, every file that is not a temp file is whole.
     if (run / "last.pt").exists():
@@ -129,54 +124,56 @@ def _assert_readable(run: Path) -> None:
             assert (run / name).read_text().endswith("\n")
 
 
-def assert_same_tree(a: object, b: object, where: str = "") -> None:
-    """Assert two checkpoint values (nested dicts, lists, tensors, numbers) are bitwise equal."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
-        assert torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys differ"
-        for k in a:
-            assert_same_tree(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), f"{where}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tree(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
+SWEEP = ["sweep", "recipes/default.yaml", *CONFIGS["recu"], "--seeds", "2"]
 
 
-def assert_same_run(whole: Path, resumed: Path) -> None:
-    """Assert the resumed run ended exactly where the uninterrupted one did."""
-    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(resumed / "last.pt")
-    for key in ("model", "optimizer", "callbacks", "architecture", "epoch", "step", "best"):
-        assert_same_tree(a[key], b[key], key)
-    assert_same_tree(a["rng"], b["rng"], "rng")
-    assert without_timing(read_metrics(whole)) == without_timing(read_metrics(resumed))
-    assert (resumed / "summary.json").exists()
-    assert _temp_files(resumed) == []
+def _references_wanted(request: pytest.FixtureRequest) -> list[str]:
+    # The configurations (and the sweep) that the selected tests of this module compare with.
+    wanted = []
+    for item in request.session.items:
+        if item.module is not request.module or not hasattr(item, "callspec"):
+            continue
+        params = item.callspec.params
+        wanted.append(params["case"][0] if "case" in params else "sweep")
+    return list(dict.fromkeys(wanted))
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """Return the uninterrupted run of a configuration (trained once, on first use)."""
-    base, done = tmp_path_factory.mktemp("reference"), {}
+def reference(request, tmp_path_factory):
+    """Return the uninterrupted run of a configuration, or the uninterrupted sweep.
+
+    The kill cases run one process at a time with one thread, so the reference runs that the
+    selected tests need are all started at once, in the background: they train on the other
+    core while the first cases run, and each case waits only for its own reference.
+    """
+    base = tmp_path_factory.mktemp("reference")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("CNNLAB_FAULT", None)
+    started = {}
+    for name in _references_wanted(request):
+        out = ["--out", str(base / name)]
+        args = [*SWEEP, *out] if name == "sweep" else ["train", *out, *CONFIGS[name]]
+        with open(base / f"{name}.err", "w") as err:
+            started[name] = subprocess.Popen(
+                [sys.executable, "-m", "cnnlab", *args],
+                env=env, stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
 
     def get(name: str) -> Path:
-        if name not in done:
-            out = base / name
-            finished = _cnnlab(["train", "--out", str(out), *CONFIGS[name]])
-            assert finished.returncode == 0, finished.stderr
-            done[name] = out
-        return done[name]
+        proc = started[name]
+        assert proc.wait(timeout=600) == 0, (base / f"{name}.err").read_text()[-3000:]
+        return base / name
 
-    return get
+    yield get
+    for proc in started.values():  # a run still going when the tests stopped early
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.parametrize("case", KILLS, ids=["-".join(k) for k in KILLS])
 def test_killed_at_a_point_then_resumed_equals_the_uninterrupted_run(tmp_path, reference, case):
     name, *faults = case
-    whole, run = reference(name), tmp_path / "run"
+    run = tmp_path / "run"
     _killed(["train", "--out", str(run), *CONFIGS[name]], faults[0])
     _assert_readable(run)
     if not (run / "config.yaml").exists():
@@ -184,17 +181,14 @@ def test_killed_at_a_point_then_resumed_equals_the_uninterrupted_run(tmp_path, r
         assert "not a run folder" in _cnnlab(["train", "--resume", str(run)]).stderr
         started = _cnnlab(["train", "--out", str(run), *CONFIGS[name]])
         assert started.returncode == 0, started.stderr
-        assert_same_run(whole, run)
+        assert_same_run(reference(name), run)
         return
     for fault in faults[1:]:
         _killed(["train", "--resume", str(run)], fault)
         _assert_readable(run)
     resumed = _cnnlab(["train", "--resume", str(run)])
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_run(whole, run)
-
-
-SWEEP = ["sweep", "recipes/default.yaml", *CONFIGS["recu"], "--seeds", "2"]
+    assert_same_run(reference(name), run)
 
 
 def _sweep_runs(out: Path) -> list[Path]:
@@ -202,12 +196,14 @@ def _sweep_runs(out: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("fault", ["sweep_between_runs:1", "train_step:11"])
-def test_a_sweep_killed_between_or_inside_runs_reruns_to_the_uninterrupted_result(tmp_path, fault):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert _cnnlab([*SWEEP, "--out", str(whole)]).returncode == 0
+def test_a_sweep_killed_between_or_inside_runs_reruns_to_the_uninterrupted_result(
+    tmp_path, reference, fault
+):
+    killed = tmp_path / "killed"
     _killed([*SWEEP, "--out", str(killed)], fault)  # train_step:11 is in the second run
     rerun = _cnnlab([*SWEEP, "--out", str(killed)])
     assert rerun.returncode == 0, rerun.stderr
+    whole = reference("sweep")
     runs = _sweep_runs(whole)
     assert runs == _sweep_runs(killed) and len(runs) == 2
     for run in runs:

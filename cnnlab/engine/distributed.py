@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cnnlab.errors import UserError
+from cnnlab.errors import ReportedElsewhere, UserError
 
 T = TypeVar("T")
 
@@ -97,6 +97,14 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def peer_failed(exc: BaseException) -> bool:
+    """Return whether `exc` is one of this job's collectives failing because another process
+    of the job is gone (nccl raises DistBackendError; gloo a RuntimeError from its transport)."""
+    if not current().active or not isinstance(exc, RuntimeError):
+        return False
+    return isinstance(exc, dist.DistError) or "gloo/transport" in str(exc)
+
+
 def barrier() -> None:
     """Wait for every rank (no-op for one process)."""
     if current().active:
@@ -134,7 +142,8 @@ def on_main(fn: Callable[[], T]) -> T:
     """Run `fn` on rank 0 only and give its result (or its UserError) to every rank.
 
     Used for what must happen once (creating the run folder, timing numerics): if rank 0
-    fails with a UserError, every rank raises it, so no rank waits forever.
+    fails with a UserError, every rank raises it, so no rank waits forever (rank 0 prints it;
+    the others raise ReportedElsewhere, so it is printed once).
     """
     info = current()
     if not info.active:
@@ -147,8 +156,30 @@ def on_main(fn: Callable[[], T]) -> T:
             result = ("error", str(exc))
     result = broadcast_object(result)
     if result[0] == "error":
-        raise UserError(result[1])
+        raise UserError(result[1]) if info.is_main else ReportedElsewhere(result[1])
     return result[1]
+
+
+def agree(fn: Callable[[], T]) -> T:
+    """Run `fn` on every rank and agree on its UserErrors: if any rank fails, every rank raises,
+    and only the lowest failing rank prints the message (the others exit without repeating it).
+
+    For what every rank does alike outside the step (e.g. decoding a fixed batch of images), so
+    that a bad file every rank meets is reported once, and no rank waits for one that stopped.
+    """
+    info = current()
+    if not info.active:
+        return fn()
+    try:
+        result, error = fn(), None
+    except UserError as exc:
+        result, error = None, str(exc)
+    errors = gather_objects(error)
+    failed = [rank for rank, message in enumerate(errors) if message is not None]
+    if not failed:
+        return result
+    message = errors[failed[0]]
+    raise UserError(message) if info.rank == failed[0] else ReportedElsewhere(message)
 
 
 def check_disjoint(indices: torch.Tensor) -> str:

@@ -39,15 +39,14 @@ class RunFolder:
         self.summary = self.path / "summary.json"
         self.curves = self.path / "curves.png"
 
-    @classmethod
-    def create(cls, path: Path) -> RunFolder:
-        """Make a new run folder; a non-empty existing folder or an unwritable place is an error."""
+    @staticmethod
+    def check_new(path: Path) -> None:
+        """Refuse, as create() would, a place that holds something other than a new run's
+        folder; reads only, so a run checks its --out before the slow reading of its data."""
         path = Path(path)
         if path.is_dir() and all(TEMP_SUFFIX in p.suffixes for p in path.iterdir()):
-            # A start killed while writing its config.yaml left only that temp file: no run yet.
-            for p in path.iterdir():
-                p.unlink()
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            return  # a start killed while writing its config.yaml left only that temp file
+        if path.exists():
             resumable = (path / "config.yaml").is_file()
             hint = (
                 f"continue it with `cnnlab train --resume {path}`"
@@ -55,6 +54,16 @@ class RunFolder:
                 else "choose another --out"
             )
             raise UserError(f"run folder {path} already exists and is not empty; {hint}")
+
+    @classmethod
+    def create(cls, path: Path) -> RunFolder:
+        """Make a new run folder; a non-empty existing folder or an unwritable place is an error."""
+        path = Path(path)
+        cls.check_new(path)
+        if path.is_dir():
+            # Only temp files of a start killed before its config.yaml existed: no run yet.
+            for p in path.iterdir():
+                p.unlink()
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / ".write-test"

@@ -29,7 +29,7 @@ from cnnlab.engine.progress import ConsoleReporter
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.errors import UserError
 from cnnlab.experiments.plan import PlannedRun, SweepSpec, run_overrides
-from cnnlab.run.training import train_new, train_resume
+from cnnlab.run.training import prepare_run, train_new, train_resume
 
 try:  # POSIX advisory locks; released by the kernel when the holder dies, even by kill -9
     import fcntl
@@ -98,7 +98,8 @@ def _start_or_resume(wanted: Config, run: RunFolder, callbacks: list) -> tuple[s
         # keep, so it starts over from the config the sweep gives now.
         if run.path.exists():
             shutil.rmtree(run.path)
-        return "trained", train_new(wanted, RunFolder.create(run.path), callbacks)
+        prepared = prepare_run(wanted)  # data and model errors before the folder exists
+        return "trained", train_new(wanted, RunFolder.create(run.path), callbacks, prepared)
     stored = load_config(run.config)  # a missing or damaged config.yaml is a clear error
     drift = config_differences(stored, wanted)
     if drift:

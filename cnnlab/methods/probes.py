@@ -26,6 +26,7 @@ from cnnlab.analysis.dead import (
     pooled_fraction,
 )
 from cnnlab.config import Section
+from cnnlab.engine import distributed
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.faults import fault_point
 from cnnlab.methods.probe import Probe, ProbeResult
@@ -128,7 +129,9 @@ class ProbeCallback(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
         """Fix the probe batch: evenly spaced training images, normalised, not augmented."""
         loader = trainer.data.train
-        self.images = loader.fixed_images(probe_indices(loader.num_images, self.cfg.batch_size))
+        index = probe_indices(loader.num_images, self.cfg.batch_size)
+        # Every rank decodes the same batch: a bad image in it is met by all, reported once.
+        self.images = distributed.agree(lambda: loader.fixed_images(index))
 
     def _measures(self, trainer: Trainer, epoch: int) -> bool:
         return epoch % self.cfg.every == 0 or epoch == trainer.total_epochs

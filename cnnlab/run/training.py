@@ -53,29 +53,49 @@ def _rank_warning(rank: int) -> Callable[[str], None] | None:
     return lambda line: print(f"[rank {rank}] {line}", file=sys.stderr, flush=True)
 
 
-def build_trainer(
-    cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = (), resume: bool = False
-) -> Trainer:
-    """Return the Trainer of `cfg`: its data, its model (seeded by train.seed), the methods'
-    callbacks (before `callbacks`, so e.g. EMA metrics are in the row reporters see)."""
+def prepare_run(cfg: Config) -> tuple[DataBundle, nn.Module]:
+    """Return this rank's data and the model of `cfg` (initial weights seeded by train.seed).
+
+    A new run calls it before its run folder is made, so that a dataset that cannot be read or
+    a model option out of range is refused with nothing written.
+    """
     dist = distributed.current()
     device = distributed.device_for(dist, resolve_device(cfg.train.device))
     # The model's initial weights derive from train.seed, identical on every rank.
     seed_everything(cfg.train.seed)
     data: DataBundle = build_data(cfg, device, dist.rank, dist.world, _rank_warning(dist.rank))
-    model = build_run_model(cfg, data.info)
+    return data, build_run_model(cfg, data.info)
+
+
+def build_trainer(
+    cfg: Config,
+    run: RunFolder,
+    callbacks: Sequence[Callback] = (),
+    resume: bool = False,
+    prepared: tuple[DataBundle, nn.Module] | None = None,
+) -> Trainer:
+    """Return the Trainer of `cfg`: its data and model (`prepared`, or built now by
+    prepare_run), the methods' callbacks (before `callbacks`, so e.g. EMA metrics are in the
+    row reporters see)."""
+    data, model = prepared if prepared is not None else prepare_run(cfg)
     return Trainer(
         model, data, config=cfg, run_dir=run, resume=resume,
         callbacks=[*config_callbacks(cfg, run.writer), *callbacks],
     )  # fmt: skip
 
 
-def train_new(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Start a run of `cfg` in a fresh run folder and train it to the end."""
+def train_new(
+    cfg: Config,
+    run: RunFolder,
+    callbacks: Sequence[Callback] = (),
+    prepared: tuple[DataBundle, nn.Module] | None = None,
+) -> dict[str, Any]:
+    """Start a run of `cfg` in a fresh run folder and train it to the end (on `prepared` data
+    and model when given, see prepare_run)."""
     if run.writer:
         atomic_write_text(run.config, dump_config(cfg))
     run.log(f"cnnlab run {run.path} | torch {torch.__version__}")
-    return build_trainer(cfg, run, callbacks).fit()
+    return build_trainer(cfg, run, callbacks, prepared=prepared).fit()
 
 
 def train_resume(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
@@ -102,5 +122,8 @@ def train(
         cfg = validate(apply_overrides(raw, list(overrides)))
     else:
         cfg = load_config(config, list(overrides))
+    if out is not None:
+        RunFolder.check_new(Path(out))  # before the slow reading of the data
+    prepared = prepare_run(cfg)  # data and model errors before the folder exists
     run = RunFolder.create(Path(out) if out is not None else default_run_dir(cfg.name))
-    return train_new(cfg, run, callbacks)
+    return train_new(cfg, run, callbacks, prepared)
