@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import cnnlab
 from cnnlab.cli import main
+from cnnlab.data.datasets import Splits
 from cnnlab.data.download import locate
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.registry import model_entry
@@ -184,3 +186,12 @@ def small_model(name: str, in_channels: int, num_classes: int) -> torch.nn.Modul
     kwargs = {**entry.defaults, **entry.fixed}
     kwargs.update(SHRINK[family](kwargs))
     return entry.factory(**kwargs, in_channels=in_channels, num_classes=num_classes)
+
+
+def tiny_rgb_data() -> Splits:
+    """Return 64 training and 16 test random 8x8 RGB images with labels 0-9 (fixed seed)."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (64, 8, 8, 3), dtype=torch.uint8, generator=g)
+    test = torch.randint(0, 256, (16, 8, 8, 3), dtype=torch.uint8, generator=g)
+    return cnnlab.datasets.from_tensors(train, torch.arange(64) % 10, test, torch.arange(16) % 10,
+                                        mean=(0.5,) * 3, std=(0.25,) * 3)  # fmt: skip

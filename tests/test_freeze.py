@@ -10,6 +10,7 @@ import cnnlab
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import UserError
 from cnnlab.methods.freeze import FreezeAfter, FreezeSettings
+from tests.helpers import tiny_rgb_data
 
 
 def tiny_net() -> nn.Module:
@@ -18,14 +19,6 @@ def tiny_net() -> nn.Module:
         nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(4, 10),
     )  # fmt: skip
-
-
-def _data():
-    g = torch.Generator().manual_seed(0)
-    train = torch.randint(0, 256, (64, 8, 8, 3), dtype=torch.uint8, generator=g)
-    test = torch.randint(0, 256, (16, 8, 8, 3), dtype=torch.uint8, generator=g)
-    return cnnlab.datasets.from_tensors(train, torch.arange(64) % 10, test, torch.arange(16) % 10,
-                                        mean=(0.5,) * 3, std=(0.25,) * 3)  # fmt: skip
 
 
 class Snapshot(Callback):
@@ -43,7 +36,7 @@ def _run(tmp, net=None, stop=None, resume=False, params=("0.bias",)):
     net = net if net is not None else tiny_net()
     snap = Snapshot(stop)
     freeze = FreezeAfter(FreezeSettings(params=list(params), after_epochs=1))
-    cnnlab.Trainer(net, _data(), epochs=3, batch_size=16, precision="fp32",
+    cnnlab.Trainer(net, tiny_rgb_data(), epochs=3, batch_size=16, precision="fp32",
                    optim={"lr": 0.1}, callbacks=[freeze, snap], run_dir=tmp,
                    resume=resume).fit()  # fmt: skip
     return net, snap

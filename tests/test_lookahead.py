@@ -11,6 +11,7 @@ from torch import nn
 import cnnlab
 from cnnlab.engine.callbacks import Callback
 from cnnlab.methods.lookahead import Lookahead, LookaheadSettings
+from tests.helpers import tiny_rgb_data
 
 
 def tiny_net() -> nn.Module:
@@ -65,19 +66,11 @@ class StopAfter(Callback):
         trainer.stop_requested = epoch == self.epoch
 
 
-def _data():
-    g = torch.Generator().manual_seed(0)
-    train = torch.randint(0, 256, (64, 8, 8, 3), dtype=torch.uint8, generator=g)
-    test = torch.randint(0, 256, (16, 8, 8, 3), dtype=torch.uint8, generator=g)
-    return cnnlab.datasets.from_tensors(train, torch.arange(64) % 10, test, torch.arange(16) % 10,
-                                        mean=(0.5,) * 3, std=(0.25,) * 3)  # fmt: skip
-
-
 def _run(tmp, stop: int | None = None, resume: bool = False) -> nn.Module:
     settings = LookaheadSettings(enabled=True, start_epoch=1, every=3)
     callbacks = [Lookahead(settings)] + ([StopAfter(stop)] if stop else [])
     net = tiny_net()
-    trainer = cnnlab.Trainer(net, _data(), epochs=3, batch_size=16, precision="fp32",
+    trainer = cnnlab.Trainer(net, tiny_rgb_data(), epochs=3, batch_size=16, precision="fp32",
                              optim={"lr": 0.05}, callbacks=callbacks, run_dir=tmp,
                              resume=resume)  # fmt: skip
     trainer.fit()
@@ -92,6 +85,6 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
         assert torch.equal(a, b), k
     # And lookahead changed the run: without it the weights end elsewhere.
     net = tiny_net()
-    cnnlab.Trainer(net, _data(), epochs=3, batch_size=16, precision="fp32",
+    cnnlab.Trainer(net, tiny_rgb_data(), epochs=3, batch_size=16, precision="fp32",
                    optim={"lr": 0.05}).fit()  # fmt: skip
     assert not torch.equal(net[0].weight, whole[0].weight)
