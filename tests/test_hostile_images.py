@@ -65,6 +65,17 @@ def test_cmyk_16_bit_and_palette_with_alpha_decode_to_the_right_pixels(tmp_path)
     assert np.abs(palette - PIXELS).mean() < 40  # 16 colours
 
 
+def test_16_bit_off_the_8_bit_grid_and_float_images_decode_to_their_scaled_values(tmp_path):
+    ramp = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 257 + 200).clip(0, 65535)
+    Image.fromarray(ramp).save(tmp_path / "gray16.png")
+    gray = decode_view(str(tmp_path / "gray16.png"), VIEW, None)[..., 0]
+    assert (gray.astype(int) == ramp.astype(int) >> 8).all()
+    level = np.linspace(-0.5, 1.5, 256, dtype=np.float32).reshape(16, 16)  # clipped to [0, 1]
+    Image.fromarray(level, mode="F").save(tmp_path / "float.tif")
+    got = decode_view(str(tmp_path / "float.tif"), VIEW, None)[..., 0]
+    assert (got == np.rint(level.astype(np.float64).clip(0, 1) * 255)).all()
+
+
 @pytest.mark.parametrize("name", ["zero.png", "truncated.png", "bomb.png"])
 def test_a_zero_byte_truncated_or_bomb_image_is_one_clear_line(tmp_path, capsys, name):
     root = make_image_folder(tmp_path / "images", per_class=4, val_per_class=2, corrupt=False)

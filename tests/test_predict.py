@@ -89,19 +89,22 @@ def test_any_pil_mode_gives_the_prediction_of_the_gray_original(run, test_pngs, 
     base.convert("LA").save(tmp_path / "e_gray_alpha.png")
     Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "f_16bit.png")
     assert Image.open(tmp_path / "f_16bit.png").mode.startswith("I")
+    Image.fromarray(gray.astype(np.float32) / 255, "F").save(tmp_path / "h_float.tif")
     base.resize((56, 56), Image.NEAREST).save(tmp_path / "g_twice_the_size.png")
     capsys.readouterr()
     code = cli("predict", str(run / "last.pt"), str(tmp_path), "--format", "json", "--top-k", "3")
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     preds = {p["path"].rsplit("/", 1)[1]: p["top"] for p in doc["predictions"]}
-    assert len(preds) == 7 and doc["unreadable"] == []
+    assert len(preds) == 8 and doc["unreadable"] == []
     reference = preds["a_gray.png"]
     assert len(reference) == 3
     assert [t["probability"] for t in reference] == sorted(
         (t["probability"] for t in reference), reverse=True
     )
-    for name in ("b_rgb.png", "c_rgba.png", "d_palette.png", "e_gray_alpha.png", "f_16bit.png"):
+    names = ("b_rgb.png", "c_rgba.png", "d_palette.png", "e_gray_alpha.png", "f_16bit.png",
+             "h_float.tif")  # fmt: skip
+    for name in names:
         assert [t["index"] for t in preds[name]] == [t["index"] for t in reference], name
         for got, want in zip(preds[name], reference):
             assert got["probability"] == pytest.approx(want["probability"], abs=1e-6), name
@@ -113,12 +116,17 @@ def test_any_pil_mode_gives_the_prediction_of_the_gray_original(run, test_pngs, 
 def test_an_undecodable_image_is_named_and_the_others_are_still_predicted(run, tmp_path, capsys):
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "good.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.new("1", (10_000, 10_000)).save(tmp_path / "bomb.png")  # 100 M pixels in 12 kB
     capsys.readouterr()
     assert cli("predict", str(run / "last.pt"), str(tmp_path), "--format", "csv") == 2
     captured = capsys.readouterr()
     assert [r["path"].rsplit("/", 1)[1] for r in _rows(captured.out)] == ["good.png"]
     err = captured.err.strip().splitlines()
-    assert len(err) == 1 and "broken.png" in err[0] and "the other 1 image(s)" in err[0]
+    assert len(err) == 1 and "cannot read 3 images" in err[0], err
+    assert "broken.png" in err[0] and "the other 1 image(s)" in err[0]
+    assert "empty.png (ValueError: empty file (0 bytes))" in err[0]
+    assert "bomb.png (ValueError: refused as a possible decompression bomb" in err[0]
 
 
 @needs_fashion

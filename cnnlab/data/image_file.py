@@ -1,4 +1,4 @@
-"""Opening one image file safely: empty files, decompression bombs and 16-bit pixels.
+"""Opening one image file safely: empty files, decompression bombs, 16-bit and float pixels.
 
 Pillow reads most odd files fine (CMYK JPEGs, palette PNGs with transparency, RGBA), and
 `convert` turns them into RGB or L. Three cases need care before that:
@@ -7,7 +7,10 @@ Pillow reads most odd files fine (CMYK JPEGs, palette PNGs with transparency, RG
   Image.MAX_IMAGE_PIXELS (89.5 M pixels) but between 1x and 2x it only warns, then decodes
   (100 M pixels took 2.6 s and 700 MB here); cnnlab refuses from 1x;
 - 16-bit grayscale (mode I;16 or I): Pillow's convert to L or RGB clips every value above 255,
-  so a 16-bit photo becomes a white square; cnnlab keeps the top 8 bits instead.
+  so a 16-bit photo becomes a white square; cnnlab keeps the top 8 bits instead;
+- float images (mode F, e.g. TIFF): taken to lie in [0, 1] and scaled to 0..255.
+Training (data/folder_loader.py) and `cnnlab predict` both decode through here, so a file
+gives the model the same pixels in both.
 """
 
 from __future__ import annotations
@@ -34,8 +37,12 @@ def open_image(path: str) -> Image.Image:
 
 
 def to_eight_bit(image: Image.Image) -> Image.Image:
-    """Return 16-bit grayscale `image` as 8-bit L (the top 8 bits); other modes unchanged."""
-    if image.mode not in SIXTEEN_BIT:
+    """Return a 16-bit (top 8 bits) or float ([0, 1] scaled) gray `image` as 8-bit L; other
+    modes unchanged."""
+    if image.mode == "F":
+        pixels = np.rint(np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0) * 255)
+    elif image.mode in SIXTEEN_BIT:
+        pixels = np.clip(np.asarray(image).astype(np.int64), 0, 65535) >> 8
+    else:
         return image
-    pixels = np.asarray(image).astype(np.int64)
-    return Image.fromarray((np.clip(pixels, 0, 65535) >> 8).astype(np.uint8), mode="L")
+    return Image.fromarray(pixels.astype(np.uint8), mode="L")

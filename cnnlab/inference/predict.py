@@ -25,14 +25,11 @@ import torch
 
 from cnnlab.data.augment import to_model_input
 from cnnlab.data.folder import image_extensions
-from cnnlab.data.folder_loader import ImageView, view_pixels
+from cnnlab.data.folder_loader import ImageView, decode_view
 from cnnlab.data.pipeline import folder_view
 from cnnlab.engine.evaluate import predict as forward
 from cnnlab.errors import UserError
 from cnnlab.run.saved_model import TrainedModel
-
-# 16-bit integer modes (PNG, TIFF); Pillow's own convert to 8 bits would clip, not scale.
-_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 @dataclass
@@ -82,33 +79,9 @@ def input_view(trained: TrainedModel) -> ImageView:
                      gray=info.channels == 1)  # fmt: skip
 
 
-def to_8bit(image):  # noqa: ANN001, ANN201 - PIL images (Pillow is imported lazily)
-    """Return a 16-bit or float image scaled to 8 bits ('L'); other modes unchanged."""
-    from PIL import Image
-
-    if image.mode not in (*_WIDE_MODES, "F"):
-        return image
-    values = np.asarray(image, dtype=np.float64)
-    if image.mode == "F":
-        scale = 255.0  # float images are taken to lie in [0, 1]
-    elif image.mode.startswith("I;16") or values.max() > 255:
-        scale = 255.0 / 65535.0
-    else:
-        scale = 1.0  # 32-bit integers that already fit 8 bits
-    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
-
-
-def read_image(path: Path, view: ImageView) -> np.ndarray:
-    """Decode `path` (any Pillow mode) and return its (S, S, C) uint8 model view."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return view_pixels(to_8bit(image), view, None)
-
-
 def _decode(path: Path, view: ImageView) -> tuple[np.ndarray | None, str | None]:
     try:
-        return read_image(path, view), None
+        return decode_view(str(path), view, None), None
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for a bad file
         return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
 
