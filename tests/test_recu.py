@@ -19,7 +19,10 @@ from cnnlab.models.binary import (
 from cnnlab.registry import build_model
 from tests.helpers import SMALL, assert_learned, cli, needs_fashion, read_metrics
 
-MEASURED_RECU = 73.5  # test error (%) measured: this seed, fp32 on the CPU: the same on a rerun
+# Test error (%) measured at seed 0, fp32 on an AMD EPYC CPU (seeds 0-2: 41.25-44.75 %). At
+# batch 64 (48 steps at lr 0.1) seeds spanned 44-50 % and another CPU had measured 73.5 %: too
+# few steps for a figure that holds from machine to machine.
+MEASURED_RECU = 41.25
 
 torch.set_num_threads(1)
 
@@ -170,9 +173,9 @@ def test_binary_section_is_refused_for_a_full_precision_model(tmp_path):
 def test_short_fashion_mnist_training_of_resnet20_1w1a_learns(tmp_path):
     run = tmp_path / "run"
     args = [*SMALL, "model.name=resnet20_1w1a", "data.train_limit=1024", "train.epochs=3",
-            "optim.lr=0.1", "schedule.name=cosine", "schedule.peak_epoch=null",
-            "train.label_smoothing=0"]  # fmt: skip
-    assert cli("train", "--out", str(run), *args) == 0  # 48 steps
+            "train.batch_size=32", "optim.lr=0.05", "schedule.name=cosine",
+            "schedule.peak_epoch=null", "train.label_smoothing=0"]  # fmt: skip
+    assert cli("train", "--out", str(run), *args) == 0  # 96 steps
     rows = read_metrics(run)
     # Chance is 90 %.
     assert_learned(rows[-1]["test_error"], measured=MEASURED_RECU, chance=90.0)

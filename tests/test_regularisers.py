@@ -230,19 +230,26 @@ VARIANTS = {
 }
 
 
-# Test error (%) each variant measured (this seed, fp32 on the CPU, so the same on a rerun);
-# "ema_weights" is the averaged weights of the "ema" run. Mixing slows learning in 2 epochs.
+# Test error (%) each variant measured at seed 0 (fp32 on an AMD EPYC CPU); "ema_weights" is the
+# averaged weights of the "ema" run. Float sums differ between CPUs, and a short run carries the
+# difference on like another seed would, so the runs are sized for a small seed-to-seed spread:
+# batch 32 (96 steps); seeds 0-2 spanned at most 7 points (random erasing 25.0-32.25 %), while
+# batch 64 (48 steps at the recipe's lr) spanned 27-57 %. The bound (a quarter of the way to
+# chance) is about 15 points above each figure.
 MEASURED = {
-    "plain": 38.5,
-    "cutout": 38.75,
-    "random_erasing": 39.0,
-    "mixup": 49.5,
-    "cutmix": 59.25,
-    "label_smoothing": 38.5,
-    "patch_shuffle": 31.75,
-    "ema": 38.5,
-    "ema_weights": 48.75,
+    "plain": 28.75,
+    "cutout": 31.0,
+    "random_erasing": 31.0,
+    "mixup": 36.0,
+    "cutmix": 30.0,
+    "label_smoothing": 26.5,
+    "patch_shuffle": 35.0,
+    "ema": 28.75,
+    "ema_weights": 28.75,
 }
+# No smoothing but where it is the regulariser tested (the default recipe smooths at 0.1).
+BASE = [*SMALL, "data.train_limit=1536", "train.epochs=2", "train.batch_size=32",
+        "train.label_smoothing=0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +267,7 @@ def test_each_regulariser_still_learns(tmp_path, monkeypatch, cached_splits, nam
 
     monkeypatch.setattr(datasets, "load_split", load_once)
     run = tmp_path / name
-    args = [*SMALL, "data.train_limit=1536", "train.epochs=2", *VARIANTS[name]]
+    args = [*BASE, *VARIANTS[name]]
     assert cli("train", "--out", str(run), *args) == 0
     last = read_metrics(run)[-1]
     assert math.isfinite(last["train_loss"])
