@@ -20,8 +20,8 @@ from cnnlab.registry import build_model
 from tests.helpers import SMALL, assert_learned, cli, needs_fashion, read_metrics
 
 # Test error (%) measured at seed 0, fp32 on an AMD EPYC CPU (seeds 0-2: 41.25-44.75 %). At
-# batch 64 (48 steps at lr 0.1) seeds spanned 44-50 % and another CPU had measured 73.5 %: too
-# few steps for a figure that holds from machine to machine.
+# batch 64 (48 steps at lr 0.1) seeds spanned 44.25-50.25 % here and another CPU had measured
+# 73.5 %: too few steps for a figure that holds from machine to machine.
 MEASURED_RECU = 41.25
 
 torch.set_num_threads(1)

@@ -233,7 +233,7 @@ VARIANTS = {
 # Test error (%) each variant measured at seed 0 (fp32 on an AMD EPYC CPU); "ema_weights" is the
 # averaged weights of the "ema" run. Float sums differ between CPUs, and a short run carries the
 # difference on like another seed would, so the runs are sized for a small seed-to-seed spread:
-# batch 32 (96 steps); seeds 0-2 spanned at most 7 points (random erasing 25.0-32.25 %), while
+# batch 32 (96 steps); seeds 0-2 spanned at most 7.25 points (random erasing 25.0-32.25 %), while
 # batch 64 (48 steps at the recipe's lr) spanned 27-57 %. The bound (a quarter of the way to
 # chance) is about 15 points above each figure.
 MEASURED = {
