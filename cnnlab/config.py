@@ -241,6 +241,9 @@ class AugmentConfig(_Section):
     """Batched augmentations and batch mixing applied on the training device."""
 
     crop_padding: int = Field(4, ge=0)
+    # The random crop's side; null = the image's. Larger than the image is a crop of the padded
+    # image that keeps some padding (torchvision's RandomCrop(32, padding=4) on 28x28 images).
+    crop_size: int | None = Field(None, ge=1)
     # What the crop sees beyond the border: zeros (black) or the image reflected (airbench94).
     padding_mode: Literal["zeros", "reflect"] = "zeros"
     flip: bool = True
@@ -284,6 +287,21 @@ class EvalConfig(_Section):
     tta: Literal["none", "flip", "flip_shift"] = "none"  # see cnnlab/engine/evaluate.py
     # false: the test split is neither read nor evaluated (a tuning trial judged on val only)
     test: bool = True
+    # A random view of every evaluated image (val and test): a random_crop_size crop of the
+    # image zero-padded by random_crop_padding, mirrored with p 1/2 under random_flip; drawn once
+    # per run from train.seed, so each evaluation sees the same views and survives a resume.
+    # This is what an official loader did at test time, not a recommended protocol (hysts'
+    # FashionMNIST loader at 19a0ac6 evaluated through its training transform). With a view, the
+    # test split is also evaluated as it is, as test_plain_*.
+    random_crop_size: int | None = Field(None, ge=1)
+    random_crop_padding: int = Field(0, ge=0)
+    random_flip: bool = False
+
+    def random_view(self) -> bool:
+        """Return whether evaluation looks at a random view of each image."""
+        return (
+            self.random_crop_size is not None or self.random_flip or bool(self.random_crop_padding)
+        )
 
 
 class ReferenceConfig(_Section):

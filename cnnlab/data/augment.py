@@ -32,24 +32,28 @@ def crop_flip(
     generator: torch.Generator,
     reflect: bool = False,
     mirrored: torch.Tensor | None = None,
+    size: int | None = None,
 ) -> torch.Tensor:
     """Randomly crop each uint8 NHWC image from its padded copy (zeros, or the image reflected
     with `reflect`) and flip half of them (or those `mirrored` names, when given).
 
-    Offsets are uniform in [0, 2*padding] per image (as a pad-then-random-crop does); a flip
-    mirrors the crop's columns, so both happen in a single gather with no per-image Python.
+    The crop is `size` x `size` (None: the image's own size) and its top-left corner is uniform
+    over the padded image's positions where it fits (as a pad-then-random-crop does: offsets
+    0..2*padding for a crop of the image's size). A crop larger than the image is what
+    torchvision's RandomCrop(32, padding=4) does to a 28x28 image. A flip mirrors the crop's
+    columns, so both happen in a single gather with no per-image Python.
     """
     n, h, w, _ = images.shape
     dev = images.device
-    if padding == 0 and not flip:
+    out_h, out_w = (h, w) if size is None else (size, size)
+    if padding == 0 and not flip and (out_h, out_w) == (h, w):
         return images
     if padding and not reflect:
         images = torch.nn.functional.pad(images, (0, 0, padding, padding, padding, padding))
-    span = 2 * padding + 1
-    dy = torch.randint(span, (n,), generator=generator, device=dev)
-    dx = torch.randint(span, (n,), generator=generator, device=dev)
-    rows = dy[:, None] + torch.arange(h, device=dev)
-    cols = torch.arange(w, device=dev).expand(n, w)
+    dy = torch.randint(h + 2 * padding - out_h + 1, (n,), generator=generator, device=dev)
+    dx = torch.randint(w + 2 * padding - out_w + 1, (n,), generator=generator, device=dev)
+    rows = dy[:, None] + torch.arange(out_h, device=dev)
+    cols = torch.arange(out_w, device=dev).expand(n, out_w)
     if flip:
         if mirrored is None:
             mirrored = torch.rand(n, generator=generator, device=dev) < 0.5
@@ -59,6 +63,27 @@ def crop_flip(
         rows, cols = _reflect(rows - padding, h), _reflect(cols - padding, w)
     batch = torch.arange(n, device=dev)[:, None, None]
     return images[batch, rows[:, :, None], cols[:, None, :]]
+
+
+def check_crop(
+    size: int | None, padding: int, image_size: tuple[int, int], size_key: str, padding_key: str
+) -> None:
+    """Refuse a crop of `size` that does not fit the `image_size` image padded by `padding`."""
+    if size is not None and size > min(image_size) + 2 * padding:
+        raise UserError(
+            f"{size_key}={size} does not fit the {image_size[0]}x{image_size[1]} images padded "
+            f"by {padding_key}={padding} (at most {min(image_size) + 2 * padding})"
+        )
+
+
+def random_view(
+    images: torch.Tensor, size: int | None, padding: int, flip: bool, seed: int
+) -> torch.Tensor:
+    """Return one random view of each uint8 NHWC image (a `size` crop of the zero-padded image,
+    mirrored with p 1/2 under `flip`), drawn from a generator of its own seeded by `seed`: the
+    same views for every evaluation of a run, on any device and any number of processes."""
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + 271_829) % (2**63))
+    return crop_flip(images.cpu(), padding, flip, gen, size=size)
 
 
 def patch_shuffle(
@@ -187,6 +212,7 @@ class BatchAugment:
     """
 
     crop_padding: int = 0
+    crop_size: int | None = None
     reflect: bool = False
     flip: bool = False
     flip_alternating: bool = False
@@ -210,6 +236,8 @@ class BatchAugment:
                 f"augment.patch_shuffle_size={cfg.patch_shuffle_size} is larger than the "
                 f"{image_size[0]}x{image_size[1]} images"
             )
+        check_crop(cfg.crop_size, cfg.crop_padding, image_size, "augment.crop_size",
+                   "augment.crop_padding")  # fmt: skip
         if cfg.padding_mode == "reflect" and cfg.crop_padding >= min(image_size):
             raise UserError(
                 f"augment.padding_mode=reflect needs augment.crop_padding < {min(image_size)} "
@@ -220,6 +248,7 @@ class BatchAugment:
         fill = tuple(mean) if cfg.erase_fill == "mean" else None
         return cls(
             crop_padding=cfg.crop_padding,
+            crop_size=cfg.crop_size,
             reflect=cfg.padding_mode == "reflect",
             flip=cfg.flip,
             flip_alternating=cfg.flip and cfg.flip_mode == "alternating",
@@ -244,7 +273,7 @@ class BatchAugment:
         """Apply the uint8 NHWC ops (crop, flip, PatchShuffle); `mirrored`, when given, names
         the images to flip (alternating flip) instead of a random half."""
         images = crop_flip(images, self.crop_padding, self.flip, generator, self.reflect,
-                           mirrored)  # fmt: skip
+                           mirrored, self.crop_size)  # fmt: skip
         if self.patch_shuffle_prob:
             images = patch_shuffle(
                 images, self.patch_shuffle_size, self.patch_shuffle_prob, generator

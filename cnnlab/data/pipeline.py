@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from cnnlab.config import AugmentConfig, Config, DataConfig, TrainConfig
-from cnnlab.data.augment import BatchAugment
+from cnnlab.config import AugmentConfig, Config, DataConfig, EvalConfig, TrainConfig
+from cnnlab.data.augment import BatchAugment, check_crop, random_view
 from cnnlab.data.datasets import (
     Splits,
     dataset_entry,
@@ -46,13 +46,15 @@ CROP_RATIO = 0.875  # eval: resize the shorter side to image_size / 0.875, take 
 @dataclass
 class DataBundle:
     """The loaders of one run; `val` is None unless data.val_size > 0, `test` when
-    eval.test=false (then the test split is not even read)."""
+    eval.test=false (then the test split is not even read). `test_plain` is the test split as
+    it is when `test` shows a random view of each image (eval.random_crop_size ...), else None."""
 
     train: Loader
     val: Loader | None
     test: Loader | None
     info: DatasetInfo
     description: str = ""  # where the images came from, for the run's log
+    test_plain: Loader | None = None
 
 
 def _held_out(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -209,8 +211,10 @@ def _build_folder(
     augment = BatchAugment.from_config(cfg.augment, info.mean, info.image_size)
     if augment.flip_alternating:
         raise UserError("augment.flip_mode=alternating works on in-memory datasets only")
-    if d.train_crop == "random_resized":
-        augment = replace(augment, crop_padding=0)  # the random resized crop replaces it
+    if cfg.eval.random_view():
+        raise UserError("eval.random_crop_size / random_flip work on in-memory datasets only")
+    if d.train_crop == "random_resized":  # the random resized crop replaces the padded crop
+        augment = replace(augment, crop_padding=0, crop_size=None)
     mixer = BatchMixer.from_config(cfg.augment, info.num_classes)
 
     def loader(samples: Samples, train: bool) -> FolderLoader:
@@ -250,7 +254,7 @@ def build_data(
         test=cfg.eval.test,
     )  # fmt: skip
     check_batch(cfg.train.batch_size, len(splits.train), world)
-    return make_loaders(splits, cfg.train, cfg.augment, device, rank, world)
+    return make_loaders(splits, cfg.train, cfg.augment, device, rank, world, cfg.eval)
 
 
 def make_loaders(
@@ -260,27 +264,40 @@ def make_loaders(
     device: torch.device,
     rank: int = 0,
     world: int = 1,
+    evaluation: EvalConfig | None = None,
 ) -> DataBundle:
     """Return in-memory loaders over `splits`: batches of train.batch_size (eval_batch_size for
-    evaluation), `augment` on the training batches, order and draws seeded by train.seed."""
+    evaluation), `augment` on the training batches, order and draws seeded by train.seed;
+    val and test through `evaluation`'s random view when it has one."""
     info = splits.info
     batch_augment = BatchAugment.from_config(augment, info.mean, info.image_size)
     mixer = BatchMixer.from_config(augment, info.num_classes)
+    view = evaluation is not None and evaluation.random_view()
+    if view:
+        check_crop(evaluation.random_crop_size, evaluation.random_crop_padding, info.image_size,
+                   "eval.random_crop_size", "eval.random_crop_padding")  # fmt: skip
 
-    def loader(ds: ArrayDataset, training: bool) -> InMemoryLoader:
+    def loader(ds: ArrayDataset, training: bool, viewed: bool = view) -> InMemoryLoader:
+        images = ds.images
+        if viewed and not training:
+            images = random_view(images, evaluation.random_crop_size,
+                                 evaluation.random_crop_padding, evaluation.random_flip,
+                                 train.seed)  # fmt: skip
         return InMemoryLoader(
-            ds.images, ds.labels, info.mean, info.std,
+            images, ds.labels, info.mean, info.std,
             train.batch_size if training else train.eval_batch_size, device, train=training,
             augment=batch_augment if training else None, mixer=mixer if training else None,
             seed=train.seed, rank=rank, world=world,
         )  # fmt: skip
 
+    test = splits.test
     return DataBundle(
         train=loader(splits.train, True),
         val=loader(splits.val, False) if splits.val is not None else None,
-        test=loader(splits.test, False) if splits.test is not None else None,
+        test=loader(test, False) if test is not None else None,
         info=info,
         description=splits.description,
+        test_plain=loader(test, False, viewed=False) if view and test is not None else None,
     )
 
 

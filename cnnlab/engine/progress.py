@@ -34,6 +34,8 @@ def format_epoch_line(row: dict[str, Any], epochs: int) -> str:
                 f"{split} loss {row[f'{split}_loss']:.4f} err {row[f'{split}_error']:.2f}% "
                 f"top5 {row[f'{split}_top5_error']:.2f}%"
             )
+    if "test_plain_error" in row:  # the test images as they are, beside their random view
+        parts.append(f"test plain err {row['test_plain_error']:.2f}%")
     parts.append(f"{row['images_per_s']:.0f} img/s {row['seconds']:.1f}s")
     return " | ".join(parts)
 

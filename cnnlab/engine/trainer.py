@@ -201,7 +201,7 @@ class Trainer:
         world = self.dist.world
         check_batch(self.cfg.train.batch_size, len(data.train), world)
         return make_loaders(data, self.cfg.train, self.cfg.augment, self.device,
-                            self.dist.rank, world)  # fmt: skip
+                            self.dist.rank, world, self.cfg.eval)  # fmt: skip
 
     @property
     def flops(self) -> int:
@@ -452,7 +452,8 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module) -> dict[str, dict[str, float]]:
         out = {}
-        for split, loader in (("val", self.data.val), ("test", self.data.test)):
+        d = self.data
+        for split, loader in (("val", d.val), ("test", d.test), ("test_plain", d.test_plain)):
             if loader is None:
                 continue
             start = time.perf_counter()

@@ -46,6 +46,7 @@ class DenseNet(nn.Module):
         fc_init_std: float | None = None,
         erase_relu: bool = False,
         erase_relu_ratio: float = 1.0,
+        classifier_init: str = "kaiming",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -87,7 +88,7 @@ class DenseNet(nn.Module):
         self.head = nn.Sequential(*pre_head, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         # NR classifies with a 1x1 conv and then averages; pooling first is the same function.
         self.fc = nn.Linear(ch, num_classes)
-        init_weights(self, "fan_out")
+        init_weights(self, "fan_out", classifier_init)
         if fc_init_std is not None:
             nn.init.normal_(self.fc.weight, std=fc_init_std)
 

@@ -112,10 +112,26 @@ class SqueezeExcite(nn.Module):
         return x * gate[:, :, None, None]
 
 
-def init_weights(model: nn.Module, mode: str = "fan_out") -> None:
-    """Kaiming-normal convs and linears (relu gain, zero bias); norm layers scale 1, shift 0."""
+CLASSIFIER_INITS = ("kaiming", "default", "default_zero_bias")
+
+
+def init_weights(model: nn.Module, mode: str = "fan_out", classifier_init: str = "kaiming") -> None:
+    """Kaiming-normal convs (relu gain, zero bias); norm layers scale 1, shift 0; linear layers
+    (the classifier, and SE's) as `classifier_init` says.
+
+    classifier_init: "kaiming" (Kaiming-normal weight, zero bias); "default" (nn.Linear's own
+    init, weight and bias U(+-1/sqrt(fan_in)), which is also Torch7's); "default_zero_bias"
+    (nn.Linear's weight, zero bias: hysts/pytorch_image_classification's initialize_weights).
+    """
+    if classifier_init not in CLASSIFIER_INITS:
+        raise ValueError(
+            f"classifier_init must be one of {', '.join(CLASSIFIER_INITS)}, got '{classifier_init}'"
+        )
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, nn.Linear) and classifier_init != "kaiming":
+            if classifier_init == "default_zero_bias" and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

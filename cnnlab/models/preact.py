@@ -107,6 +107,7 @@ class PreactResNet(nn.Module):
         erase_relu_ratio: float = 1.0,
         se: bool = False,
         se_reduction: int = 16,
+        classifier_init: str = "kaiming",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -148,7 +149,7 @@ class PreactResNet(nn.Module):
             norm2d(norm, in_ch), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()
         )
         self.fc = nn.Linear(in_ch, num_classes)
-        init_weights(self, "fan_out")
+        init_weights(self, "fan_out", classifier_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for a batch of images."""

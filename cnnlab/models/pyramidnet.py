@@ -111,6 +111,7 @@ class PyramidNet(nn.Module):
         norm: str = "bn",
         erase_relu: bool = False,
         erase_relu_ratio: float = 1.0,
+        classifier_init: str = "kaiming",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -138,7 +139,7 @@ class PyramidNet(nn.Module):
             norm2d(norm, widths[-1]), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()
         )
         self.fc = nn.Linear(widths[-1], num_classes)
-        init_weights(self, "fan_out")
+        init_weights(self, "fan_out", classifier_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for a batch of images."""

@@ -36,6 +36,7 @@ class CifarResNet(PostActResNet):
         bn_after_add: bool = False,
         se: bool = False,
         se_reduction: int = 16,
+        classifier_init: str = "kaiming",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -61,7 +62,7 @@ class CifarResNet(PostActResNet):
             se=se_reduction if se else 0,
         )
         self.set_head(in_ch, num_classes)
-        init_weights(self, "fan_out")
+        init_weights(self, "fan_out", classifier_init)
 
 
 # He et al. 2016, Table 6 (CIFAR-10, option A shortcuts): 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M.

@@ -31,6 +31,7 @@ class CifarResNeXt(PostActResNet):
         erase_relu_ratio: float = 1.0,
         se: bool = False,
         se_reduction: int = 16,
+        classifier_init: str = "kaiming",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -56,7 +57,7 @@ class CifarResNeXt(PostActResNet):
             se=se_reduction if se else 0,
         )
         self.set_head(in_ch, num_classes)
-        init_weights(self, "fan_out")
+        init_weights(self, "fan_out", classifier_init)
 
 
 # Xie et al. 2017, Table 7 (CIFAR): 8x64d 34.4M, 16x64d 68.1M. The paper gives no count for

@@ -137,6 +137,7 @@ class ShakeShakeNet(nn.Module):
         shake_forward: str = "shake",
         shake_backward: str = "shake",
         shake_level: str = "image",
+        classifier_init: str = "kaiming",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -164,7 +165,7 @@ class ShakeShakeNet(nn.Module):
         self.stages = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(in_ch, num_classes)
-        init_weights(self, "fan_out")
+        init_weights(self, "fan_out", classifier_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for a batch of images."""

@@ -65,6 +65,7 @@ class CifarVGG(nn.Module):
         fc_init_std: float | None = None,
         erase_relu: bool = False,
         erase_relu_ratio: float = 1.0,
+        classifier_init: str = "kaiming",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -91,7 +92,7 @@ class CifarVGG(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         # NR classifies with a 1x1 conv and then averages; pooling first is the same function.
         self.fc = nn.Linear(ch, num_classes)
-        init_weights(self, "fan_out")
+        init_weights(self, "fan_out", classifier_init)
         if norm_scale_init != 1.0:
             for m in self.modules():
                 if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):

@@ -76,6 +76,7 @@ class WideResNet(nn.Module):
         norm: str = "bn",
         erase_relu: bool = False,
         erase_relu_ratio: float = 1.0,
+        classifier_init: str = "kaiming",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -111,7 +112,7 @@ class WideResNet(nn.Module):
         )
         self.fc = nn.Linear(in_ch, num_classes)
         # The reference implementation (hysts, METHODS §4) initialises WRN with Kaiming fan_in.
-        init_weights(self, "fan_in")
+        init_weights(self, "fan_in", classifier_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for a batch of images."""
