@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import yaml
+from pydantic import BaseModel
 
 from cnnlab.config import RECIPES_DIR, load_config
 from cnnlab.data.sources import dataset_info
@@ -53,6 +54,12 @@ def measured_params(path: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _changed(section: BaseModel) -> dict[str, Any]:
+    """Return the keys of a config section that differ from that section's defaults."""
+    default = type(section)().model_dump(mode="json")
+    return {k: v for k, v in section.model_dump(mode="json").items() if v != default[k]}
+
+
 def protocol_of(path: Path) -> dict[str, Any]:
     """Return the recipe's training protocol as the ledger states it."""
     cfg = load_config(path)
@@ -72,6 +79,13 @@ def protocol_of(path: Path) -> dict[str, Any]:
         "schedule": schedule,
         "epochs": cfg.train.epochs,
         "batch": cfg.train.batch_size,
+        # The crop and flip always (their defaults are a choice too), then every other change.
+        "train_transform": {
+            "crop_padding": cfg.augment.crop_padding,
+            "flip": cfg.augment.flip,
+            **_changed(cfg.augment),
+        },
+        "test_transform": _changed(cfg.eval),
     }
 
 
@@ -103,6 +117,10 @@ def ledger_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def _keys(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in values.items())
+
+
 def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
@@ -119,14 +137,15 @@ def render_page(rows: list[dict[str, Any]]) -> str:
         "measured; the evidence column gives the command and figure. Written, with",
         "`docs/reproduction.yaml`, by `python scripts/reproduction_ledger.py` from the recipes;",
         "`tests/test_ledger.py` checks every recipe against it (schedule kind and milestones,",
-        "optimizer and its settings, network, epochs, batch). Each recipe's `reference:` block",
+        "optimizer and its settings, network and its init options, epochs, batch, the train and",
+        "test transforms). Each recipe's `reference:` block",
         "names the source line behind each setting and what could not be confirmed.",
         "",
         "Status counts: " + "; ".join(f"{s}: {n}" for s, n in counts.items()) + ".",
         "",
         "| recipe | row | ref. error % | network | params (cnnlab / paper) | optimizer | schedule "
-        "| epochs / batch | protocol | status | evidence |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| epochs / batch | train / test transform | protocol | status | evidence |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         net = r["network"]
@@ -145,6 +164,7 @@ def render_page(rows: list[dict[str, Any]]) -> str:
             f"{opt['name']}: {opt_text}",
             sched_text,
             f"{r['epochs']} / {r['batch']}",
+            f"{_keys(r['train_transform'])} / {_keys(r['test_transform']) or 'as is'}",
             f"{r['protocol']} [{r['selection']}]",
             r["status"],
             r["evidence"] or "–",

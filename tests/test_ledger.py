@@ -1,7 +1,8 @@
 """Every reference recipe matches its row of docs/reproduction.yaml, so no protocol drifts unseen.
 
 The ledger states, per published row, the schedule (kind, milestones), the optimizer and its
-settings, the network (model and options) with its measured parameter count, epochs and batch.
+settings, the network (model and options, its init among them) with its measured parameter
+count, epochs, batch, and the train and test transforms.
 A deliberate recipe change re-runs `python scripts/reproduction_ledger.py` and commits both.
 """
 
@@ -42,7 +43,8 @@ def test_the_ledger_has_one_row_per_reference_recipe():
 def test_recipe_matches_its_ledger_row(recipe):
     row, path = BY_RECIPE[recipe], RECIPES_DIR / recipe
     expected = ledger.protocol_of(path)
-    for key in ("network", "optimizer", "schedule", "epochs", "batch"):
+    for key in ("network", "optimizer", "schedule", "epochs", "batch", "train_transform",
+                "test_transform"):  # fmt: skip
         assert expected[key] == row[key], f"{recipe}: {key} differs from docs/reproduction.yaml"
     assert ledger.measured_params(path) == row["params"]
 
