@@ -60,12 +60,13 @@ def build_optimizer(
     extra = {"fused": True} if fused and cfg.name in FUSED else {}
     optimizer = OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **cfg.options(), **extra)
     if extra and isinstance(optimizer, torch.optim.SGD):
-        _forget_skipped_first_momentum(optimizer)
+        forget_skipped_first_momentum(optimizer)
     return optimizer
 
 
-def _forget_skipped_first_momentum(optimizer: torch.optim.SGD) -> None:
-    """Make a fused SGD step that GradScaler skips leave no momentum behind, as the unfused one.
+def forget_skipped_first_momentum(optimizer: torch.optim.SGD) -> None:
+    """Make a fused SGD step that GradScaler skips leave no momentum behind, as the unfused one
+    (`build_optimizer` does this to every fused SGD it builds).
 
     On a group's first step fused SGD creates its momentum buffers with `torch.empty_like`
     and lets the kernel fill them, but the kernel returns early when GradScaler's found_inf
