@@ -15,22 +15,30 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 python="$PYTHON"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$python" -c "import pydantic, yaml, rich, matplotlib, PIL" 2>/dev/null; then
-    if compgen -G "$carried/wheels/*.whl" >/dev/null; then
-        site="$(mktemp -d "${TMPDIR:-/tmp}/cnnlab-site.XXXXXX")"
-        echo "gpu_env: installing $(ls "$carried"/wheels/*.whl | wc -l) carried wheels into $site"
-        "$python" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
-            --disable-pip-version-check --target "$site" "$carried"/wheels/*.whl
-        # Before the python's own site-packages, so a carried typing_extensions wins too.
-        export PYTHONPATH="$repo:$site${PYTHONPATH#"$repo"}"
-    fi
+# What cnnlab imports, looked up without importing (a torch import costs seconds).
+missing() {
+    "$python" -c "
+import importlib.util
+need = ['torch', 'numpy', 'yaml', 'pydantic', 'pydantic_core', 'annotated_types',
+        'typing_inspection', 'typing_extensions', 'rich', 'matplotlib', 'PIL', 'cnnlab']
+print(' '.join(m for m in need if importlib.util.find_spec(m) is None))"
+}
+lacking="$(missing)"
+if [ -n "$lacking" ] && compgen -G "$carried/wheels/*.whl" >/dev/null; then
+    site="$(mktemp -d "${TMPDIR:-/tmp}/cnnlab-site.XXXXXX")"
+    echo "gpu_env: $python lacks $lacking; installing $(ls "$carried"/wheels/*.whl | wc -l)" \
+        "carried wheels into $site"
+    "$python" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
+        --disable-pip-version-check --target "$site" "$carried"/wheels/*.whl
+    # Before the python's own site-packages, so a carried typing_extensions wins too.
+    export PYTHONPATH="$repo:$site${PYTHONPATH#"$repo"}"
+    lacking="$(missing)"
+fi
+if [ -n "$lacking" ]; then
+    echo "gpu_env: $python cannot import cnnlab from $repo; missing: $lacking" >&2
+    echo "gpu_env: carry the missing packages as wheels in $carried/wheels (docs/gpu.md)" >&2
+    exit 1
 fi
 if [ -z "${CNNLAB_DATA:-}" ] && [ -d "$carried/data" ]; then
     export CNNLAB_DATA="$carried/data"
-fi
-if ! missing="$("$python" -c "import cnnlab.config, cnnlab.run.training" 2>&1)"; then
-    echo "gpu_env: $python cannot import cnnlab from $repo:" >&2
-    echo "$missing" | tail -1 >&2
-    echo "gpu_env: carry the missing packages as wheels in $carried/wheels (docs/gpu.md)" >&2
-    exit 1
 fi
