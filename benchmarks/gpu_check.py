@@ -103,12 +103,14 @@ def environment(p: argparse.Namespace, device: torch.device, root: str) -> dict[
     import numpy
     import pydantic
 
+    import cnnlab
+
     env: dict[str, Any] = {
         "python": platform.python_version(), "executable": sys.executable,
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "numpy": numpy.__version__, "pydantic": pydantic.VERSION,
-        "cnnlab": str(Path(__import__("cnnlab").__file__).parent),
+        "cnnlab": str(Path(cnnlab.__file__).parent),
         "pythonpath": os.environ.get("PYTHONPATH"), "cnnlab_data": os.environ.get("CNNLAB_DATA"),
         "cpus": os.cpu_count(),
     }  # fmt: skip

@@ -39,12 +39,12 @@ def bare_python(folder: Path) -> Path:
     except cnnlab and pydantic's, as the GPU machine's python does."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
     leave_out = {e for name in MISSING for e in _top_level(importlib.metadata.distribution(name))}
-    here = Path(sysconfig.get_paths()["purelib"])
     there = next((folder / "lib").glob("python*/site-packages"))
-    for entry in here.iterdir():
-        if entry.name in leave_out or "cnnlab" in entry.name or entry.name == "__pycache__":
-            continue
-        (there / entry.name).symlink_to(entry)
+    for here in {Path(sysconfig.get_paths()[kind]) for kind in ("purelib", "platlib")}:
+        for entry in here.iterdir():
+            skip = entry.name in leave_out or "cnnlab" in entry.name or entry.name == "__pycache__"
+            if not skip and not (there / entry.name).exists():
+                (there / entry.name).symlink_to(entry)
     return folder / "bin" / "python"
 
 

@@ -70,7 +70,7 @@ def forget_skipped_first_momentum(optimizer: torch.optim.SGD) -> None:
 
     On a group's first step fused SGD creates its momentum buffers with `torch.empty_like`
     and lets the kernel fill them, but the kernel returns early when GradScaler's found_inf
-    is set (pytorch/pytorch v2.13.0 torch/optim/sgd.py:506-511, `_fused_sgd`), so the next
+    is set (pytorch/pytorch v2.13.0 torch/optim/sgd.py:505-511, `_fused_sgd`), so the next
     step would read whatever memory the buffers were given. After a step that created
     buffers, found_inf is read (a host sync, only until one step goes through) and, if set,
     the new buffers are dropped: the next step is then the first, as unfused SGD counts it.
