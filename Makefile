@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.cnnlab-installed
 
-.PHONY: setup data train test lint format clean
+.PHONY: setup data train test lint format clean gpu-carry
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ data: $(STAMP)
 
 train: setup data
 	$(VENV)/bin/cnnlab train
+
+# The git-ignored .gpu/ that travels to a lent GPU machine: wheels of what its python lacks
+# and Fashion-MNIST (docs/gpu.md); benchmarks/gpu_first_run.sh reads it there.
+gpu-carry: setup data
+	bash benchmarks/gpu_carry.sh $(PY)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -44,12 +44,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cnnlab.config import load_config
+from cnnlab.config import OptimConfig, TrainConfig, load_config
 from cnnlab.data.download import PICKLE_LAYOUT
 from cnnlab.data.sources import dataset_info, load_split
+from cnnlab.engine.backends import apply_backend_policy
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.losses import multi_head_loss
 from cnnlab.engine.numerics import Numerics
+from cnnlab.engine.optim import build_optimizer
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.step import make_scaler, train_step
 from cnnlab.engine.trainer import resolve_device
@@ -59,13 +61,15 @@ from cnnlab.run.training import build_trainer
 
 @dataclass(frozen=True)
 class Case:
-    """One model on one dataset, at a batch size, compiled or not."""
+    """One model on one dataset, at a batch size, compiled or not, on a device ('auto': CUDA
+    where available)."""
 
     model: str
     data: str
     root: str | None = None
     batch: int = 128
     compile: bool = False
+    device: str = "auto"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -111,18 +115,21 @@ def write_cifar10(
 
 
 class Stepper:
-    """The model, SGD and one training step, set up the same way for (a) and (c)."""
+    """The model, SGD and one training step, set up the same way for (a), (g) and (c), under
+    the backend policy of a cnnlab run with the default train.* keys (cudnn.benchmark on)."""
 
     def __init__(self, case: Case, numerics: Numerics) -> None:
         torch.manual_seed(0)
-        self.device = resolve_device("auto")
+        self.device = resolve_device(case.device)
+        defaults = TrainConfig()
+        apply_backend_policy(self.device, defaults.cudnn_benchmark, defaults.tf32,
+                             defaults.deterministic)  # fmt: skip
         self.numerics = numerics
         self.model = build_model(case.model, in_channels=case.shape[0])
         self.model.to(device=self.device, memory_format=numerics.memory_format)
         self.train_model = torch.compile(self.model) if case.compile else self.model
-        cuda = self.device.type == "cuda"
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
-                                   fused=cuda or None)  # fmt: skip
+        sgd = OptimConfig(name="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.0)
+        self.opt = build_optimizer(self.model, sgd, fused=self.device.type == "cuda")
         self.scaler = make_scaler(numerics.precision, self.device)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -152,7 +159,7 @@ def floor(case: Case, numerics: Numerics, seconds: float) -> float:
 def graph_floor(case: Case, numerics: Numerics, seconds: float) -> tuple[float | None, str]:
     """Images/s of the floor's step captured as one CUDA graph and replayed, and a note; None
     where no graph can be captured (CPU, compiled model, fp16's GradScaler) or capture failed."""
-    device = resolve_device("auto")
+    device = resolve_device(case.device)
     if device.type != "cuda":
         return None, "n/a on CPU"
     if case.compile:
@@ -233,6 +240,7 @@ def cnnlab_loop(case: Case, numerics: Numerics, images: int) -> tuple[float, flo
         f"train.precision={numerics.precision}",
         f"train.channels_last={str(numerics.channels_last).lower()}",
         f"train.compile={str(case.compile).lower()}",
+        f"train.device={case.device}",
     ]
     if case.root:
         overrides.append(f"data.root={case.root}")
@@ -334,10 +342,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--seconds", type=float, default=20.0, help="per phase (a), (b), (c)")
     parser.add_argument("--cifar-root", help="folder with real CIFAR-10 (default: random images)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: auto)")
     parser.add_argument("--models", default="preact_resnet20:fashion_mnist,resnet20:cifar10",
                         help="comma-separated model:dataset pairs")  # fmt: skip
     args = parser.parse_args()
-    device = resolve_device("auto")
+    device = resolve_device(args.device)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"batch {args.batch}, channels-first, compile {args.compile}")  # fmt: skip
     print("| model | input | precision | (a) floor | (g) graph floor | (b) cnnlab steps "
@@ -352,7 +361,7 @@ def main() -> None:
                 root = tmp
                 if not (Path(tmp) / PICKLE_LAYOUT["cifar10"].folder).exists():
                     write_cifar10(Path(tmp))
-            case = Case(model, data, root, args.batch, args.compile)
+            case = Case(model, data, root, args.batch, args.compile, args.device)
             for precision in args.precisions.split(","):
                 numerics = Numerics(precision, False)
                 r = measure(case, numerics, args.seconds, not args.no_conventional)

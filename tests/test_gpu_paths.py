@@ -16,8 +16,6 @@ from cnnlab.engine.sync_count import SyncCounter
 from cnnlab.engine.trainer import Trainer
 from cnnlab.methods.probes import ProbeCallback, ProbesSettings
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 def easy_data(val_size: int = 0):
     """512 training and 128 test 12x12 RGB images, 4 classes told apart by their colour."""
@@ -150,7 +148,7 @@ def test_summary_and_log_record_the_backend_policy(tmp_path):
     assert "backends: {" in (tmp_path / "log.txt").read_text()
 
 
-@needs_cuda
+@pytest.mark.needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_cuda_steps_do_not_sync_the_host(precision):
     """Budget: no sync in a step, except the loss check (every 25 steps and the epoch's last
@@ -167,7 +165,7 @@ def test_cuda_steps_do_not_sync_the_host(precision):
     assert first <= 3 and last <= 3, counter.per_step
 
 
-@needs_cuda
+@pytest.mark.needs_cuda
 def test_checkpoint_keeps_only_the_current_devices_cuda_rng():
     from cnnlab.engine.checkpoint import rng_state, set_rng_state
 

@@ -10,8 +10,9 @@ force (summary.json `backends`, log.txt), whatever set them:
 - `train.deterministic` (default false): torch.use_deterministic_algorithms (warn_only: an op
   with no deterministic kernel warns instead of stopping the run), cudnn.deterministic,
   CUBLAS_WORKSPACE_CONFIG=:4096:8 when unset (cuBLAS needs it for reproducible matmuls; it must
-  be set before cuBLAS starts, so it is set before the model is placed), and global average
-  pooling as a mean (`deterministic_pooling`). Costs speed on GPUs.
+  be set before cuBLAS starts, so it is set before the model is placed; where CUDA had already
+  started in this process, the reported value says it may not be in force), and global
+  average pooling as a mean (`deterministic_pooling`). Costs speed on GPUs.
 """
 
 from __future__ import annotations
@@ -48,15 +49,27 @@ def deterministic_pooling(model: nn.Module) -> int:
     return len(swaps)
 
 
+# Set when this process put CUBLAS_WORKSPACE_CONFIG in place after CUDA had started: cuBLAS
+# reads it once, when it first runs, so it may then not be in force.
+_late_cublas_workspace = False
+
+
 def apply_backend_policy(
     device: torch.device, cudnn_benchmark: bool, tf32: bool | None, deterministic: bool
 ) -> dict[str, Any]:
-    """Set the run's backend globals and return the values in force, for summary and log."""
+    """Set the run's backend globals and return the values in force, for summary and log.
+
+    On CUDA the run's device also becomes the current one: CUDA events, RNG states and
+    allocations without a device go to the current device, which is cuda:0 unless set."""
+    global _late_cublas_workspace
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        if "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+            _late_cublas_workspace = torch.cuda.is_initialized()
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
     if device.type == "cuda":
+        torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
         if tf32 is not None:
             torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -72,5 +85,12 @@ def backend_state() -> dict[str, Any]:
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "deterministic": torch.are_deterministic_algorithms_enabled(),
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
-        "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "cublas_workspace": _cublas_workspace(),
     }
+
+
+def _cublas_workspace() -> str | None:
+    value = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if value is not None and _late_cublas_workspace:
+        return f"{value} (set after CUDA started: in force only if no cuBLAS call ran before)"
+    return value

@@ -12,8 +12,9 @@ with decides (a small batch is launch-bound on a GPU and would favour fp32).
 On the CPU, 'auto' leaves channels_last out: with torch 2.13's CPU kernels a channels_last
 network with narrow layers ran about 25x slower and, now and then, crashed the process
 (segfault or abort) inside the convolution. The verdict is cached per machine, torch
-version, model and batch shape in ~/.cache/cnnlab/numerics.json, so later runs skip the
-measurement.
+version, model and batch shape (on CUDA also cudnn.benchmark, determinism and TF32, which change
+the timings) in ~/.cache/cnnlab/numerics.json, so later runs skip the measurement. The probe
+times eager steps: under train.compile the choice is the fastest uncompiled candidate.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from cnnlab.engine.optim import forget_skipped_first_momentum
 
 CACHE_FILE = (
     Path(os.environ.get("CNNLAB_CACHE", Path.home() / ".cache" / "cnnlab")) / "numerics.json"
@@ -103,6 +106,8 @@ def _images_per_second(
     model = copy.deepcopy(model).to(device=device, memory_format=numerics.memory_format)
     cuda = device.type == "cuda"
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=cuda or None)
+    if cuda:  # else an overflowing first fp16 step leaves garbage momentum, then skipped steps
+        forget_skipped_first_momentum(opt)
     scaler = torch.amp.GradScaler(device.type) if numerics.precision == "fp16" else None
     x = numerics.layout(torch.randn(shape, device=device))
     y = torch.zeros(shape[0], dtype=torch.long, device=device)
@@ -127,14 +132,15 @@ def _images_per_second(
             steps += 1
         return steps * shape[0] / (time.perf_counter() - start)
     # CUDA: warm-up steps let cudnn.benchmark pick its algorithms and the allocator settle;
-    # events time the device's work, not the host's queueing.
+    # events time the device's work, not the host's queueing, on `device`'s own stream.
     for _ in range(CUDA_WARMUP_STEPS):
         step()
+    stream = torch.cuda.current_stream(device)
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
+    begin.record(stream)
     for _ in range(CUDA_TIMED_STEPS):
         step()
-    end.record()
+    end.record(stream)
     end.synchronize()
     return CUDA_TIMED_STEPS * shape[0] / (begin.elapsed_time(end) / 1000.0)
 
@@ -161,6 +167,7 @@ def choose_numerics(
     c_labels = ",".join(c.label for c in candidates)
     key = "|".join(
         [_device_name(device), f"torch {torch.__version__}", model_key, str(shape), c_labels]
+        + _backend_key(device)
     )
     cache = _read_cache()
     if key not in cache:
@@ -176,6 +183,19 @@ def choose_numerics(
         key=lambda c: measured[f"{c.precision}{'+channels_last' if c.channels_last else ''}"],
     )
     return Numerics(best.precision, best.channels_last, dict(measured))
+
+
+def _backend_key(device: torch.device) -> list[str]:
+    """Return the backend settings that change what the CUDA probe measures (cudnn.benchmark,
+    determinism, TF32), for the cache key; none on the CPU, where they change nothing."""
+    if device.type != "cuda":
+        return []
+    b = torch.backends
+    return [
+        f"cudnn_benchmark={b.cudnn.benchmark}",
+        f"deterministic={torch.are_deterministic_algorithms_enabled()}",
+        f"tf32={b.cuda.matmul.allow_tf32},{b.cudnn.allow_tf32}",
+    ]
 
 
 def _read_cache() -> dict[str, dict[str, float]]:

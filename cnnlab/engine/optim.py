@@ -58,7 +58,58 @@ def build_optimizer(
     where `fused` and torch has one)."""
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias, cfg.norm_lr_scale)
     extra = {"fused": True} if fused and cfg.name in FUSED else {}
-    return OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **cfg.options(), **extra)
+    optimizer = OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **cfg.options(), **extra)
+    if extra and isinstance(optimizer, torch.optim.SGD):
+        forget_skipped_first_momentum(optimizer)
+    return optimizer
+
+
+def forget_skipped_first_momentum(optimizer: torch.optim.SGD) -> None:
+    """Make a fused SGD step that GradScaler skips leave no momentum behind, as the unfused one
+    (`build_optimizer` does this to every fused SGD it builds).
+
+    On a group's first step fused SGD creates its momentum buffers with `torch.empty_like`
+    and lets the kernel fill them, but the kernel returns early when GradScaler's found_inf
+    is set (pytorch/pytorch v2.13.0 torch/optim/sgd.py:505-511, `_fused_sgd`), so the next
+    step would read whatever memory the buffers were given. After a step that created
+    buffers, found_inf is read (a host sync, only until one step goes through) and, if set,
+    the new buffers are dropped: the next step is then the first, as unfused SGD counts it.
+    """
+    fresh: list[dict] = []  # the groups whose first step this is
+
+    def before(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        # A group's buffers are created together, so its first parameter tells (cheap per step).
+        fresh[:] = [
+            group
+            for group in opt.param_groups
+            if group["momentum"] and "momentum_buffer" not in opt.state.get(group["params"][0], {})
+        ]
+
+    def after(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        # GradScaler hands the flag over as an attribute of the optimizer during its step.
+        found_inf = getattr(opt, "found_inf", None)
+        if fresh and found_inf is not None and bool(found_inf):
+            for p in (p for group in fresh for p in group["params"]):
+                opt.state[p].pop("momentum_buffer", None)
+                if not opt.state[p]:
+                    del opt.state[p]
+        fresh.clear()
+
+    optimizer.register_step_pre_hook(before)
+    optimizer.register_step_post_hook(after)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state but keep how this optimizer was built (fused or not).
+
+    `Optimizer.load_state_dict` replaces every group's options by the saved ones, `fused`
+    included, so a checkpoint of an unfused optimizer (a CPU run, say) would silently turn a
+    fused one unfused, and under fp16 GradScaler would then hand the unfused step its
+    grad_scale and found_inf, which it refuses."""
+    built = [{"fused": g["fused"]} if "fused" in g else {} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, built):
+        group.update(kept)
 
 
 class Schedule:

@@ -73,21 +73,26 @@ class EpochClock:
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
+        self.device = device
         self._start_host = 0.0
         if self.cuda:
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
 
+    def _stream(self) -> torch.cuda.Stream:
+        # The run's device's stream, not the current device's (cuda:0 unless set).
+        return torch.cuda.current_stream(self.device)
+
     def start(self) -> None:
         """Mark the start of the epoch's first step."""
         self._start_host = time.perf_counter()
         if self.cuda:
-            self._start.record()
+            self._start.record(self._stream())
 
     def seconds(self) -> float:
         """Return the seconds since `start` (waits for the GPU's queued work on CUDA)."""
         if not self.cuda:
             return time.perf_counter() - self._start_host
-        self._end.record()
+        self._end.record(self._stream())
         self._end.synchronize()
         return self._start.elapsed_time(self._end) / 1000.0

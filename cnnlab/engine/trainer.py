@@ -48,7 +48,7 @@ from cnnlab.engine.data_init import init_from_data
 from cnnlab.engine.evaluate import evaluate
 from cnnlab.engine.faults import fault_point
 from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict, precision_note
-from cnnlab.engine.optim import Schedule, build_optimizer
+from cnnlab.engine.optim import Schedule, build_optimizer, load_optimizer_state
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.step import EpochClock, make_scaler, train_step
 from cnnlab.errors import UserError
@@ -288,7 +288,7 @@ class Trainer:
             Numerics(saved.get("precision", "fp32"), saved.get("channels_last", False))
         )
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         by_rank = state.get("rng_by_rank") or [state["rng"]]

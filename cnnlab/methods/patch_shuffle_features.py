@@ -57,8 +57,22 @@ class FeaturePatchShuffle(Callback):
         self.generator = torch.Generator(device=trainer.device)
         self.generator.manual_seed((self.seed + STREAM_OFFSET * (1 + trainer.dist.rank)) % 2**63)
         if self.saved_state is not None:
-            self.generator.set_state(self.saved_state)
+            self._restore(trainer)
         self._hook(trainer)
+
+    def _restore(self, trainer: Trainer) -> None:
+        # A CPU generator's state and a CUDA one's differ in size and kind, so a run resumed
+        # on another device type cannot continue the stream: it restarts it from the seed and
+        # the step reached (a resume across devices is never bitwise anyway).
+        try:
+            self.generator.set_state(self.saved_state)
+        except RuntimeError:
+            step_seed = self.seed + STREAM_OFFSET * (1 + trainer.dist.rank) + trainer.step
+            self.generator.manual_seed(step_seed % 2**63)
+            trainer.run.log(
+                f"note: the PatchShuffle-features stream was saved on another device type than "
+                f"{trainer.device.type}; it restarts from the seed at step {trainer.step}"
+            )
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         """Re-hook when a method (Neural Rejuvenation) has swapped in a rebuilt model."""
