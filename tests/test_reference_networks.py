@@ -6,8 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from cnnlab.models.densenet import DenseNet
 from cnnlab.models.preact import PreactResNet
-from cnnlab.models.wrn import WideBlock
+from cnnlab.models.pyramidnet import PyramidNet
+from cnnlab.models.resnet import CifarResNet
+from cnnlab.models.resnext import CifarResNeXt
+from cnnlab.models.shake_shake import ShakeShakeNet
+from cnnlab.models.vgg import CifarVGG
+from cnnlab.models.wrn import WideBlock, WideResNet
 from cnnlab.registry import build_model
 
 torch.set_num_threads(1)
@@ -81,6 +87,38 @@ def test_recu_classifier_keeps_pytorchs_linear_init():
         bound = 1 / fc.in_features**0.5
         assert fc.weight.abs().max() <= bound
         assert fc.bias.abs().max() > 0
+
+
+# Small members of each family that takes model.classifier_init.
+CLASSIFIER_INIT_FAMILIES = {
+    "preact": lambda **o: PreactResNet(depth=8, **o),
+    "resnet": lambda **o: CifarResNet(depth=8, **o),
+    "densenet": lambda **o: DenseNet(depth=10, growth=4, **o),
+    "pyramidnet": lambda **o: PyramidNet(depth=8, alpha=12, **o),
+    "resnext": lambda **o: CifarResNeXt(depth=11, cardinality=2, base_width=4, stem_width=8, **o),
+    "shake_shake": lambda **o: ShakeShakeNet(depth=8, base_width=8, stem_width=8, **o),
+    "vgg": lambda **o: CifarVGG(layout=(8, "M", 16), **o),
+    "wrn": lambda **o: WideResNet(depth=10, widen=1, **o),
+}
+
+
+@pytest.mark.parametrize("family", sorted(CLASSIFIER_INIT_FAMILIES))
+def test_default_zero_bias_starts_the_classifier_as_hysts_did(family):
+    # hysts' initialize_weights (e.g. models/resnet_preact.py:9-16 at 72f898b) zeroes the
+    # Linear bias and keeps nn.Linear's U(-1/sqrt(in), 1/sqrt(in)) weight; every other layer
+    # starts exactly as under the default "kaiming" (same seed, same draws).
+    build = CLASSIFIER_INIT_FAMILIES[family]
+    torch.manual_seed(0)
+    kaiming = build().state_dict()
+    torch.manual_seed(0)
+    model = build(classifier_init="default_zero_bias")
+    fc = model.fc
+    assert torch.count_nonzero(fc.bias) == 0
+    assert fc.weight.abs().max() <= 1 / fc.in_features**0.5
+    assert not torch.equal(fc.weight, kaiming["fc.weight"])
+    for key, value in model.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(value, kaiming[key]), key
 
 
 def test_precision_auto_keeps_binary_nets_in_fp32(monkeypatch):
