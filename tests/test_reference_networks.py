@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from cnnlab.errors import UserError
 from cnnlab.models.densenet import DenseNet
 from cnnlab.models.preact import PreactResNet
 from cnnlab.models.pyramidnet import PyramidNet
@@ -26,15 +27,25 @@ def n_params(name: str, **options: object) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# Exact counts of hysts' own models/*.py (pytorch_image_classification at 72f898b, built with
-# torch 2.13 from the repository's files): resnet_preact.Network(base_channels=16,
-# bottleneck, depth 164) and base_channels=64 on 1x28x28 (depth 20 / 50), densenet.Network
-# (basic, depth 100, growth 12, compression 1.0).
+# Exact counts of hysts' own models/*.py (pytorch_image_classification at 72f898b; the model
+# files are unchanged to da2bdcf; built with torch 2.13 from the repository's files):
+# resnet_preact.Network(base_channels=16, bottleneck, depth 164) and base_channels=64 on 1x28x28
+# (depth 20 / 50), densenet.Network (basic, depth 100, growth 12, compression 1.0),
+# pyramidnet.Network (bottleneck, depth 164, alpha 270), shake_shake.Network (depth 26,
+# base_channels 32), vgg.Network (configs/vgg.json), resnext.Network (depth 29, 4x64d) and
+# resnet.Network (basic, depth 110). With these options, and hysts' weights loaded, the nets
+# give hysts' outputs exactly.
+HYSTS_SHAKE = {"stem_width": 32, "stem_relu": True, "head_relu": False}
 HYSTS_COUNTS = [
     ("preact_resnet164_hysts", {}, 1_619_290),
     ("preact_resnet20", {"widen": 4, "channel_plan": "hysts", "in_channels": 1}, 4_325_834),
     ("preact_resnet50", {"widen": 4, "channel_plan": "hysts", "in_channels": 1}, 12_076_234),
     ("densenet100_k12", {"stem_width": 24}, 7_083_538),
+    ("pyramidnet164_bottleneck_a270", {"stem_width": 64}, 27_218_517),
+    ("shake_shake26_2x32d", HYSTS_SHAKE, 2_932_266),
+    ("vgg15_bn", {"one_relu_per_stage": True}, 14_728_266),
+    ("resnext29_4x64d", {}, 17_562_442),
+    ("resnet110", {"shortcut_kind": "B"}, 1_730_714),
 ]
 
 
@@ -69,6 +80,36 @@ def _dropout_input(position: str) -> tuple[type, bool]:
         h.remove()
     at = seen.index(block.drop)
     return type(seen[at - 1]), seen[at + 1] is block.conv2
+
+
+def test_hysts_vgg_keeps_one_relu_per_stage():
+    # hysts' _make_stage adds every ReLU under the name 'relu': the first stays, later adds
+    # replace it in place, so each of the five stages has one ReLU, after its first conv.
+    def relus(model: nn.Module) -> int:
+        return sum(isinstance(m, nn.ReLU) for m in model.modules())
+
+    with torch.device("meta"):
+        assert relus(build_model("vgg15_bn")) == 13
+        hysts = build_model("vgg15_bn", one_relu_per_stage=True)
+    assert relus(hysts) == 5
+    assert [type(m) for m in hysts.features[:7]] == [
+        nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.BatchNorm2d, nn.Identity, nn.MaxPool2d
+    ]  # fmt: skip
+    with pytest.raises(UserError, match="one_relu_per_stage"):
+        build_model("vgg15_bn", one_relu_per_stage=True, erase_relu=True)
+
+
+def test_hysts_shake_shake_relus_its_stem_and_pools_the_last_sum_as_it_is():
+    torch.manual_seed(0)
+    small = {"depth": 8, "base_width": 8}
+    gastaldi = ShakeShakeNet(**small).eval()
+    hysts = ShakeShakeNet(**small, stem_width=8, stem_relu=True, head_relu=False).eval()
+    x = torch.randn(2, 3, 16, 16)
+    assert gastaldi.stem(x).min() < 0 <= hysts.stem(x).min()
+    assert isinstance(gastaldi.head[0], nn.ReLU)
+    assert not any(isinstance(m, nn.ReLU) for m in hysts.head)
+    with torch.no_grad():
+        assert hysts.head(hysts.stages(hysts.stem(x))).min() < 0
 
 
 def test_wrn_dropout_placements():
