@@ -133,7 +133,8 @@ def _box_mask(
 
 
 def cutout(x: torch.Tensor, size: int, prob: float, generator: torch.Generator) -> torch.Tensor:
-    """Cutout (METHODS §4, hysts' rule): zero a size x size square in each chosen NCHW image.
+    """Cutout: zero a size x size square in each chosen NCHW image, the rule of
+    hysts/pytorch_image_classification@da2bdcf transforms.py:30-62 (cutout_inside off).
 
     The centre is uniform over [0, H + o) x [0, W + o) with o = 1 for even sizes (0 for odd),
     the square spans centre - size//2 .. + size, and it is clipped at the borders, so it may

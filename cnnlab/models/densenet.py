@@ -4,7 +4,7 @@ Three dense blocks of n units; each unit appends `growth` channels to its input.
 norm-ReLU-conv3x3 (depth = 3n+4); bottleneck units are norm-ReLU-conv1x1(4k)-norm-ReLU-conv3x3(k)
 (depth = 6n+4). Transitions (after blocks 1 and 2 only) are norm-ReLU-conv1x1-avgpool2, keeping
 floor(compression * channels). Stem: conv3x3 to 16 channels (2k with bottlenecks); head:
-norm-ReLU-pool-FC. METHODS §4.
+norm-ReLU-pool-FC (Huang et al. 2017, Section 3, Implementation Details).
 
 `post_activation=True` builds the Neural Rejuvenation variant (METHODS §2, NR
 models/cifar/densenet.py): every conv is followed by its own norm and ReLU (conv-BN-ReLU, so BN's

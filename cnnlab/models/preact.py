@@ -1,4 +1,5 @@
-"""Pre-activation CIFAR ResNet (He et al. 2016b) with the block-design options of METHODS §4.
+"""Pre-activation CIFAR ResNet (He et al. 2016b) with the block-design options of
+hysts/pytorch_image_classification@72f898b models/resnet_preact.py.
 
 Options: `remove_first_relu`, `add_last_bn`, `preact_stage` (whether the first block of each
 stage pre-activates the input it shares with its shortcut), `channel_plan`, SE, and EraseReLU,
@@ -158,7 +159,8 @@ class PreactResNet(nn.Module):
 
 # He et al. 2016b (Identity Mappings), Table 3/5: preact-110 1.7M, preact-164 1.7M,
 # preact-1001 10.2M; preact-20/56 share the basic design of the 2016 CIFAR nets (0.27M/0.85M).
-# preact-50 (8 basic units per stage) is hysts' Fashion-MNIST/MNIST model (REFERENCES §1).
+# preact-50 (8 basic units per stage) is hysts' Fashion-MNIST/MNIST model
+# (hysts/pytorch_image_classification@9b987c9 README.md, FashionMNIST and MNIST tables).
 for _depth, _block in ((20, "basic"), (50, "basic"), (56, "basic"), (110, "basic"),
                        (164, "bottleneck"), (1001, "bottleneck")):  # fmt: skip
     register_variant(

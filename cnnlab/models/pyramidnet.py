@@ -1,10 +1,14 @@
-"""PyramidNet for CIFAR (Han, Kim & Kim 2017), basic and bottleneck units, as in METHODS §4.
+"""PyramidNet for CIFAR (Han, Kim & Kim 2017), basic and bottleneck units, as
+jhkim89/PyramidNet@27d168e addpyramidnet.lua builds them.
 
 Widths grow additively by alpha/(3N) per unit from a 16-channel stem (N units per stage),
-rounded with round() and multiplied by 4 for bottlenecks. Basic unit:
+rounded with round() (halves to even, as hysts' np.round; the Torch code rounds halves up, and no
+registered net has a half) and multiplied by 4 for bottlenecks. Basic unit:
 norm-conv3x3-norm-ReLU-conv3x3-norm; bottleneck unit: norm-conv1x1-norm-ReLU-conv3x3-norm-ReLU-
 conv1x1-norm (stride on the 3x3). Shortcut: 2x2 average pooling when strided, then zero channels
-appended at the end. Stem conv-norm (no ReLU); head norm-ReLU-pool-FC.
+appended at the end. Stem conv-norm (no ReLU); head norm-ReLU-pool-FC. `stem_width` widens the
+stem alone: hysts/pytorch_image_classification@da2bdcf models/pyramidnet.py:149-162 stems its
+bottleneck nets at 4 x 16 = 64 channels, the widening still counted from 16.
 
 EraseReLU (METHODS §1): PyramidNet units already end linearly (a norm, no ReLU after the
 addition), so there is no final ReLU to erase. The basic unit has a single ReLU; removing it
@@ -108,6 +112,7 @@ class PyramidNet(nn.Module):
         in_channels: int = 3,
         num_classes: int = 10,
         base_width: int = 16,
+        stem_width: int | None = None,
         norm: str = "bn",
         erase_relu: bool = False,
         erase_relu_ratio: float = 1.0,
@@ -125,8 +130,11 @@ class PyramidNet(nn.Module):
             )
         erased = erased_modules(n, erase_relu_ratio) if erase_relu else set()
         widths = pyramid_widths(3 * n, alpha, base_width, 4 if bottleneck else 1)
+        # The authors' Torch code stems at base_width; hysts' code at base_width * expansion
+        # (stem_width 64 for its bottleneck nets). The widening starts from base_width either way.
+        widths[0] = stem_width or base_width
 
-        self.stem = nn.Sequential(conv3x3(in_channels, base_width), norm2d(norm, base_width))
+        self.stem = nn.Sequential(conv3x3(in_channels, widths[0]), norm2d(norm, widths[0]))
         layers: list[nn.Module] = []
         for idx in range(3 * n):
             stage, i = divmod(idx, n)

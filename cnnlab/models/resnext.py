@@ -1,4 +1,5 @@
-"""CIFAR ResNeXt-29 (Xie et al. 2017) as in METHODS §4: grouped bottlenecks, post-activation.
+"""CIFAR ResNeXt-29 (Xie et al. 2017) as hysts/pytorch_image_classification@da2bdcf
+models/resnext.py builds it: grouped bottlenecks, post-activation.
 
 Options: SE on the residual output before the add, and EraseReLU (METHODS §1), which removes
 the ReLU after the addition in the chosen blocks, as in the post-activation ResNet.
@@ -61,7 +62,8 @@ class CifarResNeXt(PostActResNet):
 
 
 # Xie et al. 2017, Table 7 (CIFAR): 8x64d 34.4M, 16x64d 68.1M. The paper gives no count for
-# 4x64d (hysts' reference run); it is registered for the 3.89% row of REFERENCES.md.
+# 4x64d (hysts' reference run); it is registered for hysts' 3.89% row
+# (hysts/pytorch_image_classification@da2bdcf README.md, CIFAR-10 table).
 for _card in (4, 8, 16):
     register_variant(
         f"resnext29_{_card}x64d",

@@ -1,4 +1,6 @@
-"""Shake-Shake-26 2xKd (Gastaldi 2017) for CIFAR, structured as in METHODS §4.
+"""Shake-Shake-26 2xKd (Gastaldi 2017) for CIFAR: a conv-norm stem of 16 channels, three stages
+of K/2K/4K, a ReLU-pool-FC head. `stem_width` K with `stem_relu` and `head_relu` off build the
+variant of hysts/pytorch_image_classification@da2bdcf models/shake_shake.py instead.
 
 Two residual branches per block are mixed by a random convex weight: alpha in the forward
 pass and an independent beta in the backward pass (`ShakeShakeMix`). `shake_forward`,
@@ -137,6 +139,8 @@ class ShakeShakeNet(nn.Module):
         shake_forward: str = "shake",
         shake_backward: str = "shake",
         shake_level: str = "image",
+        stem_relu: bool = False,
+        head_relu: bool = True,
         classifier_init: str = "kaiming",
     ) -> None:
         super().__init__()
@@ -153,7 +157,10 @@ class ShakeShakeNet(nn.Module):
             raise ValueError(f"shake-shake depth must be 6n+2 (e.g. 26), got {depth}")
         shake = (shake_forward, shake_backward, shake_level)
 
-        self.stem = nn.Sequential(conv3x3(in_channels, stem_width), norm2d(norm, stem_width))
+        # Gastaldi's stem is conv-norm and his head ReLU-pool; hysts' code ReLUs the stem
+        # (stem_relu) and pools the last block's sum as it is (head_relu off).
+        stem = [conv3x3(in_channels, stem_width), norm2d(norm, stem_width)]
+        self.stem = nn.Sequential(*stem, *([nn.ReLU(inplace=True)] if stem_relu else []))
         blocks: list[nn.Module] = []
         in_ch = stem_width
         for stage in range(3):
@@ -163,7 +170,8 @@ class ShakeShakeNet(nn.Module):
                 blocks.append(ShakeBlock(in_ch, out_ch, stride, norm, shake))
                 in_ch = out_ch
         self.stages = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        head_act = [nn.ReLU(inplace=True)] if head_relu else []
+        self.head = nn.Sequential(*head_act, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(in_ch, num_classes)
         init_weights(self, "fan_out", classifier_init)
 

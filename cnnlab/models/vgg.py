@@ -1,13 +1,18 @@
 """CIFAR VGG nets: conv-norm-ReLU stacks with max pooling, global pooling and one classifier.
 
 A layout is a sequence of conv widths with "M" for a 2x2 max pool. `vgg15_bn` is hysts'
-VGG-like net (METHODS §4: widths 64..512, layers 2,2,3,3,3); the `_cifar` VGG-16/19 follow
-pytorch-classification / pytorch-cifar (configs D/E, then one FC on the 512 features).
+VGG-like net (hysts/pytorch_image_classification@da2bdcf configs/vgg.json: widths 64..512,
+layers 2,2,3,3,3); the `_cifar` VGG-16/19 follow pytorch-classification / pytorch-cifar
+(configs D/E, then one FC on the 512 features).
 `vgg19_nr` is Neural Rejuvenation's CIFAR VGG-19 (METHODS §2): no FC stack, only two pools,
 bias-free convs, norm scale initialised to 0.5 and a classifier initialised N(0, 0.01^2).
 
 Max pools use ceil_mode so that five of them still leave a 1x1 map from 28x28 inputs (32x32
 inputs are unaffected), and the head pools adaptively, so 28x28 and 32x32 inputs both work.
+
+`one_relu_per_stage` keeps the ReLU of the first conv of each group only: the network
+hysts/pytorch_image_classification@da2bdcf models/vgg.py:51-76 builds, whose _make_stage adds
+every ReLU under the one name 'relu', so each add after the first replaces it in place.
 
 EraseReLU (METHODS §1, cnnlab's reading): each group of convs ending at a pool (or at the head)
 is a module; the ReLU of its last conv is removed in ratio*N (halves up) of the N groups, spread
@@ -65,10 +70,13 @@ class CifarVGG(nn.Module):
         fc_init_std: float | None = None,
         erase_relu: bool = False,
         erase_relu_ratio: float = 1.0,
+        one_relu_per_stage: bool = False,
         classifier_init: str = "kaiming",
     ) -> None:
         super().__init__()
         check_norm(norm)
+        if one_relu_per_stage and erase_relu:
+            raise ValueError("one_relu_per_stage and erase_relu both remove ReLUs; choose one")
         groups = conv_groups(layout)
         # Groups are empty only between back-to-back pools or after a trailing pool.
         modules = [i for i, g in enumerate(groups) if g]
@@ -82,10 +90,11 @@ class CifarVGG(nn.Module):
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
             for j, width in enumerate(widths):
                 last = j == len(widths) - 1
+                linear = (last and g in erased) or (one_relu_per_stage and j > 0)
                 layers += [
                     nn.Conv2d(ch, width, 3, padding=1, bias=conv_bias),
                     norm2d(norm, width),
-                    nn.Identity() if last and g in erased else nn.ReLU(inplace=True),
+                    nn.Identity() if linear else nn.ReLU(inplace=True),
                 ]
                 ch = width
         self.features = nn.Sequential(*layers)
