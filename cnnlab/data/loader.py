@@ -164,9 +164,10 @@ class InMemoryLoader(BatchLoader):
         )  # fmt: skip
         for i in range(len(self)):
             idx = order[rank_slice(i, self.batch_size, self.rank, self.world)]
-            raw = self.augment.pixels(self.images[idx], gen, None if flips is None else flips[idx])
+            mirrored = None if flips is None else flips[idx]
+            raw = self.augment.pixels(self.images[idx], gen, mirrored)
             x = to_model_input(raw, self.mean, self.inv_std, self.dtype)
-            x = self.augment.normalised(x, gen)
+            x = self.augment.normalised(x, gen, mirrored)
             labels = self.labels[idx]
             targets = None
             if self.mixer is not None:
