@@ -80,3 +80,11 @@ def test_unknown_init_policy_is_one_line_naming_the_choices(model, key, value):
     with pytest.raises(UserError, match=rf"{key} must be one of .*, got '{value}'") as err:
         build_model(model, **{key: value})
     assert "\n" not in str(err.value)
+
+
+def test_wrn_mid_normal_draws_the_norm_between_each_units_convs_near_one():
+    torch.manual_seed(0)
+    net = build_model("wrn16_4", norm_init="uniform_mid_normal")
+    for unit in net.stages:
+        assert (unit.norm2.weight - 1).abs().max() < 0.01
+        assert unit.norm1.weight.min() >= 0 and unit.norm1.weight.std().item() > 0.15

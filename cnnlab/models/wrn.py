@@ -116,7 +116,9 @@ class WideResNet(nn.Module):
         # models/utils.lua:3-9: std sqrt(2 / (kW*kH*nInputPlane))). Its BN scales start at
         # Torch7's U(0, 1) and its classifier at Torch7's Linear with the bias zeroed (utils.lua:
         # 11-15, 30 model:reset()): norm_init=uniform, classifier_init=default_zero_bias.
-        init_weights(self, "fan_in", classifier_init, norm_init)
+        # uniform_mid_normal: the norm between each unit's two convs is the one inside the branch.
+        mid_norms = [unit.norm2 for unit in self.stages]
+        init_weights(self, "fan_in", classifier_init, norm_init, mid_norms)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for a batch of images."""
