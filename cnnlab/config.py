@@ -134,6 +134,9 @@ class TrainConfig(_Section):
     channels_last: Literal["auto", True, False] = "auto"
     device: str = "auto"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # Training order: each epoch a shuffle of the training set, or (in-memory datasets, one
+    # process) as many images drawn with replacement (gcr's CIFAR loader).
+    sampling: Literal["shuffle", "replacement"] = "shuffle"
     # Under torchrun: BatchNorm statistics over the global batch (GPUs only).
     sync_bn: bool = False
     # GPU speed and reproducibility (docs/gpu.md): torch.compile of the model, cuDNN's

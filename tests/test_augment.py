@@ -138,3 +138,20 @@ def test_mean_padding_with_patch_shuffle_is_refused_in_one_line():
     cfg = AugmentConfig(padding_mode="mean", patch_shuffle_prob=0.5)
     with pytest.raises(UserError, match="padding_mode=mean crops after normalising"):
         BatchAugment.from_config(cfg, (0.5,), (8, 8))
+
+
+def test_sampling_with_replacement_draws_repeats_seeded_and_refuses_several_processes():
+    # gcr/torch-residual-networks@f0d0a17 data/cifar-dataset.lua:83-92: each batch's indices
+    # are (torch.rand(batch) * size):long() + 1, drawn with replacement.
+    imgs, labels = _images(200, 4, 4, 1), torch.arange(200)
+    kw = dict(mean=(0.5,), std=(0.5,), batch_size=50, device=torch.device("cpu"), train=True,
+              seed=7, replacement=True)  # fmt: skip
+    a, b = InMemoryLoader(imgs, labels, **kw), InMemoryLoader(imgs, labels, **kw)
+    drawn = torch.cat([x.labels for x in a.epoch(1)])
+    assert len(drawn) == 200 and len(set(drawn.tolist())) < 180  # e^-1 of them missed
+    assert torch.equal(drawn, torch.cat([x.labels for x in b.epoch(1)]))
+    assert torch.equal(drawn, a.epoch_indices(1))
+    shuffled = InMemoryLoader(imgs, labels, **{**kw, "replacement": False})
+    assert sorted(torch.cat([x.labels for x in shuffled.epoch(1)]).tolist()) == list(range(200))
+    with pytest.raises(UserError, match="train.sampling=replacement runs in one process"):
+        InMemoryLoader(imgs, labels, **{**kw, "world": 2})
