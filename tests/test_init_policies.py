@@ -88,3 +88,11 @@ def test_wrn_mid_normal_draws_the_norm_between_each_units_convs_near_one():
     for unit in net.stages:
         assert (unit.norm2.weight - 1).abs().max() < 0.01
         assert unit.norm1.weight.min() >= 0 and unit.norm1.weight.std().item() > 0.15
+
+
+def test_gcr_early_init_draws_every_bn_scale_near_one():
+    # gcr/torch-residual-networks train-cifar.lua@fec67c0:84-94, the init of the model-size runs.
+    torch.manual_seed(0)
+    net = build_model("resnet20", conv_init="fan_in", norm_init="normal", classifier_init="default")
+    scales = torch.cat([m.weight.detach() for m in _norms(net)])
+    assert (scales - 1).abs().max() < 0.01 and scales.std().item() > 0.001

@@ -115,10 +115,10 @@ class SqueezeExcite(nn.Module):
 
 CLASSIFIER_INITS = ("kaiming", "default", "default_zero_bias", "kaiming_default_bias")
 CONV_INITS = ("fan_in", "fan_out")
-NORM_INITS = ("ones", "uniform", "uniform_mid_normal")
-# gcr/torch-residual-networks@f0d0a17 residual-layers.lua:57-59: the BN inside each residual
-# branch starts at N(1, 0.002); the others keep Torch7's reset, U(0, 1).
-MID_NORM_STD = 0.002
+NORM_INITS = ("ones", "uniform", "uniform_mid_normal", "normal")
+# gcr/torch-residual-networks: N(1, 0.002) for every BN before b738d66 (train-cifar.lua@fec67c0:
+# 84-94), for the BN inside each residual branch after it (residual-layers.lua@f0d0a17:57-59).
+NEAR_ONE_STD = 0.002
 
 
 def check_init(key: str, value: str, choices: tuple[str, ...]) -> str:
@@ -145,7 +145,8 @@ def init_weights(
     1x1-conv classifier's bias).
     norm_init: "ones" (scale 1, shift 0); "uniform" (scale U(0, 1), shift 0: Torch7's
     BatchNormalization:reset, torch/nn@93ec794 BatchNormalization.lua:59-61); "uniform_mid_normal"
-    ("uniform", but the `mid_norms` N(1, 0.002), as gcr's residual branches).
+    ("uniform", but the `mid_norms` N(1, 0.002), as gcr's residual branches); "normal" (every
+    scale N(1, 0.002), as gcr's code before it moved to nninit).
     """
     check_init("classifier_init", classifier_init, CLASSIFIER_INITS)
     check_init("conv_init", mode, CONV_INITS)
@@ -165,8 +166,8 @@ def init_weights(
             if m.weight is not None:
                 if norm_init == "ones":
                     nn.init.ones_(m.weight)
-                elif norm_init == "uniform_mid_normal" and id(m) in mids:
-                    nn.init.normal_(m.weight, 1.0, MID_NORM_STD)
+                elif norm_init == "normal" or (norm_init == "uniform_mid_normal" and id(m) in mids):
+                    nn.init.normal_(m.weight, 1.0, NEAR_ONE_STD)
                 else:
                     nn.init.uniform_(m.weight, 0.0, 1.0)
                 nn.init.zeros_(m.bias)
