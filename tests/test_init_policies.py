@@ -96,3 +96,13 @@ def test_gcr_early_init_draws_every_bn_scale_near_one():
     net = build_model("resnet20", conv_init="fan_in", norm_init="normal", classifier_init="default")
     scales = torch.cat([m.weight.detach() for m in _norms(net)])
     assert (scales - 1).abs().max() < 0.01 and scales.std().item() > 0.001
+
+
+def test_nr_imagenet_resnet_classifier_is_normal_0_01_with_zero_bias():
+    # joe-siyuan-qiao/NeuralRejuvenation-CVPR19@8f1f2aa models/imagenet/resnet.py:151-160.
+    torch.manual_seed(0)
+    net = build_model("resnet18", fc_init_std=0.01, num_classes=1000)
+    assert net.fc.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert torch.all(net.fc.bias == 0)
+    with pytest.raises(UserError, match="fc_init_std must be positive"):
+        build_model("resnet18", fc_init_std=0.0)
