@@ -134,6 +134,9 @@ class TrainConfig(_Section):
     channels_last: Literal["auto", True, False] = "auto"
     device: str = "auto"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # Training order: each epoch a shuffle of the training set, or (in-memory datasets, one
+    # process) as many images drawn with replacement (gcr's CIFAR loader).
+    sampling: Literal["shuffle", "replacement"] = "shuffle"
     # Under torchrun: BatchNorm statistics over the global batch (GPUs only).
     sync_bn: bool = False
     # GPU speed and reproducibility (docs/gpu.md): torch.compile of the model, cuDNN's
@@ -244,8 +247,9 @@ class AugmentConfig(_Section):
     # The random crop's side; null = the image's. Larger than the image is a crop of the padded
     # image that keeps some padding (torchvision's RandomCrop(32, padding=4) on 28x28 images).
     crop_size: int | None = Field(None, ge=1)
-    # What the crop sees beyond the border: zeros (black) or the image reflected (airbench94).
-    padding_mode: Literal["zeros", "reflect"] = "zeros"
+    # What the crop sees beyond the border: zeros (black), the image reflected (airbench94), or
+    # the normalisation mean (0 after normalising: gcr's translation into a zeroed tensor).
+    padding_mode: Literal["zeros", "reflect", "mean"] = "zeros"
     flip: bool = True
     # random: each image mirrored with p 1/2 every epoch; alternating (airbench94): a fixed random
     # half mirrored in odd epochs, the other half in even ones (in-memory datasets only).

@@ -109,3 +109,49 @@ def test_reflect_padding_wider_than_the_image_is_refused_in_one_line():
     with pytest.raises(UserError, match=r"crop_padding < 8 \(the image's side\), got 8"):
         BatchAugment.from_config(cfg, (0.5,), (8, 8))
     assert BatchAugment.from_config(cfg, (0.5,), (9, 9)).reflect
+
+
+def test_mean_padding_fills_with_the_normalisation_mean_at_the_zero_padding_crop_positions():
+    # gcr/torch-residual-networks@f0d0a17 data/cifar-dataset.lua:54-71 shifts already-normalised
+    # images into a zeroed tensor: what the shift uncovers is 0, i.e. the mean, not black.
+    imgs = _images(n=32, h=6, w=6, c=3)
+    mean, inv_std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([4.0, 5.0, 2.0])
+
+    def run(mode):
+        aug = BatchAugment.from_config(
+            AugmentConfig(crop_padding=3, flip=True, padding_mode=mode), (0.4, 0.5, 0.6), (6, 6)
+        )
+        gen = torch.Generator().manual_seed(7)
+        raw = aug.pixels(imgs, gen)
+        return aug.normalised(to_model_input(raw, mean, inv_std, torch.float32), gen)
+
+    zeros, filled = run("zeros"), run("mean")
+    black = (-mean * inv_std).view(1, 3, 1, 1).expand_as(zeros)
+    uncovered = torch.isclose(zeros, black).all(dim=1, keepdim=True).expand_as(zeros)
+    assert uncovered.any() and not uncovered.all()
+    assert torch.equal(filled[uncovered], torch.zeros(int(uncovered.sum())))
+    assert torch.allclose(filled[~uncovered], zeros[~uncovered])
+    assert filled.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_mean_padding_with_patch_shuffle_is_refused_in_one_line():
+    cfg = AugmentConfig(padding_mode="mean", patch_shuffle_prob=0.5)
+    with pytest.raises(UserError, match="padding_mode=mean crops after normalising"):
+        BatchAugment.from_config(cfg, (0.5,), (8, 8))
+
+
+def test_sampling_with_replacement_draws_repeats_seeded_and_refuses_several_processes():
+    # gcr/torch-residual-networks@f0d0a17 data/cifar-dataset.lua:83-92: each batch's indices
+    # are (torch.rand(batch) * size):long() + 1, drawn with replacement.
+    imgs, labels = _images(200, 4, 4, 1), torch.arange(200)
+    kw = dict(mean=(0.5,), std=(0.5,), batch_size=50, device=torch.device("cpu"), train=True,
+              seed=7, replacement=True)  # fmt: skip
+    a, b = InMemoryLoader(imgs, labels, **kw), InMemoryLoader(imgs, labels, **kw)
+    drawn = torch.cat([x.labels for x in a.epoch(1)])
+    assert len(drawn) == 200 and len(set(drawn.tolist())) < 180  # e^-1 of them missed
+    assert torch.equal(drawn, torch.cat([x.labels for x in b.epoch(1)]))
+    assert torch.equal(drawn, a.epoch_indices(1))
+    shuffled = InMemoryLoader(imgs, labels, **{**kw, "replacement": False})
+    assert sorted(torch.cat([x.labels for x in shuffled.epoch(1)]).tolist()) == list(range(200))
+    with pytest.raises(UserError, match="train.sampling=replacement runs in one process"):
+        InMemoryLoader(imgs, labels, **{**kw, "world": 2})

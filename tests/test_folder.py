@@ -266,8 +266,13 @@ def test_a_stopped_folder_run_resumes_exactly_with_worker_processes(tmp_path):
     assert without_timing(read_metrics(whole.path)) == without_timing(read_metrics(stopped.path))
 
 
-def test_alternating_flip_is_refused_for_image_folders(tmp_path):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("augment.flip_mode=alternating", "flip_mode=alternating"),
+     ("train.sampling=replacement", "sampling=replacement")],
+)  # fmt: skip
+def test_in_memory_only_options_are_refused_for_image_folders(tmp_path, override, message):
     root = make_image_folder(tmp_path / "images", per_class=8, val_per_class=1, corrupt=False)
-    cfg = load_config(None, [*TINY, f"data.root={root}", "augment.flip_mode=alternating"])
-    with pytest.raises(UserError, match="flip_mode=alternating works on in-memory datasets only"):
+    cfg = load_config(None, [*TINY, f"data.root={root}", override])
+    with pytest.raises(UserError, match=f"{message} works on in-memory datasets only"):
         build_data(cfg, torch.device("cpu"))

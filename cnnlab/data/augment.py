@@ -208,13 +208,15 @@ def _fill_tensor(fill: tuple[float, ...], device: torch.device) -> torch.Tensor:
 class BatchAugment:
     """The per-image augmentations of a training batch, in order; each off at its default.
 
-    Order: crop+flip, PatchShuffle (uint8 pixels), normalise, Cutout, Random Erasing.
+    Order: crop+flip, PatchShuffle (uint8 pixels), normalise, Cutout, Random Erasing. With
+    `mean_fill` the crop+flip runs on the normalised float instead, so what it pads is 0.
     `erase_fill` None draws one U(0, 1) scalar per image; otherwise it is a per-channel fill.
     """
 
     crop_padding: int = 0
     crop_size: int | None = None
     reflect: bool = False
+    mean_fill: bool = False
     flip: bool = False
     flip_alternating: bool = False
     patch_shuffle_prob: float = 0.0
@@ -244,6 +246,11 @@ class BatchAugment:
                 f"augment.padding_mode=reflect needs augment.crop_padding < {min(image_size)} "
                 f"(the image's side), got {cfg.crop_padding}"
             )
+        if cfg.padding_mode == "mean" and cfg.patch_shuffle_prob:
+            raise UserError(
+                "augment.padding_mode=mean crops after normalising, PatchShuffle before: "
+                "use padding_mode=zeros with augment.patch_shuffle_prob"
+            )
         # The official Random Erasing code writes the [0, 1]-scale mean into the *normalised*
         # image; "mean" reproduces that (it is not 0 = the mean after normalisation).
         fill = tuple(mean) if cfg.erase_fill == "mean" else None
@@ -251,6 +258,7 @@ class BatchAugment:
             crop_padding=cfg.crop_padding,
             crop_size=cfg.crop_size,
             reflect=cfg.padding_mode == "reflect",
+            mean_fill=cfg.padding_mode == "mean",
             flip=cfg.flip,
             flip_alternating=cfg.flip and cfg.flip_mode == "alternating",
             # A stage mask whose first flag (the input image) is off leaves the images alone.
@@ -272,17 +280,29 @@ class BatchAugment:
         mirrored: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Apply the uint8 NHWC ops (crop, flip, PatchShuffle); `mirrored`, when given, names
-        the images to flip (alternating flip) instead of a random half."""
-        images = crop_flip(images, self.crop_padding, self.flip, generator, self.reflect,
-                           mirrored, self.crop_size)  # fmt: skip
+        the images to flip (alternating flip) instead of a random half. With `mean_fill` the
+        crop and flip wait for `normalised`."""
+        if not self.mean_fill:
+            images = crop_flip(images, self.crop_padding, self.flip, generator, self.reflect,
+                               mirrored, self.crop_size)  # fmt: skip
         if self.patch_shuffle_prob:
             images = patch_shuffle(
                 images, self.patch_shuffle_size, self.patch_shuffle_prob, generator
             )
         return images
 
-    def normalised(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Apply the ops on normalised NCHW float (Cutout, Random Erasing)."""
+    def normalised(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator,
+        mirrored: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Apply the ops on normalised NCHW float (with `mean_fill` crop+flip, then Cutout,
+        Random Erasing)."""
+        if self.mean_fill:  # NCHW with channels_last strides: its NHWC view is contiguous
+            nhwc = crop_flip(x.permute(0, 2, 3, 1), self.crop_padding, self.flip, generator,
+                             mirrored=mirrored, size=self.crop_size)  # fmt: skip
+            x = nhwc.permute(0, 3, 1, 2)
         if self.cutout_size and self.cutout_prob:
             x = cutout(x, self.cutout_size, self.cutout_prob, generator)
         if self.erase_prob:

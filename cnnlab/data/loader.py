@@ -20,6 +20,7 @@ import torch
 
 from cnnlab.data.augment import BatchAugment, alternating_flips, to_model_input
 from cnnlab.data.mixing import BatchMixer
+from cnnlab.errors import UserError
 
 
 @dataclass
@@ -105,9 +106,15 @@ class InMemoryLoader(BatchLoader):
         dtype: torch.dtype = torch.float32,
         rank: int = 0,
         world: int = 1,
+        replacement: bool = False,
     ) -> None:
         super().__init__(mean, std, batch_size, device, train, augment, mixer, seed, dtype, rank,
                          world)  # fmt: skip
+        if replacement and world > 1:
+            raise UserError(
+                "train.sampling=replacement runs in one process: the ranks' draws would overlap"
+            )
+        self.replacement = replacement
         if not train and world > 1:
             # Evaluation shards the split; the ranks' sums are added up by the caller.
             keep = torch.as_tensor(eval_shard(len(labels), rank, world), dtype=torch.long)
@@ -133,12 +140,16 @@ class InMemoryLoader(BatchLoader):
         when read)."""
         return []
 
+    def _order(self, gen: torch.Generator) -> torch.Tensor:
+        # An epoch's training order: a permutation, or n draws with replacement.
+        n = len(self.labels)
+        if self.replacement:
+            return torch.randint(n, (n,), generator=gen, device=self.device)
+        return torch.randperm(n, generator=gen, device=self.device)
+
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """Return the indices of the images this rank trains on in epoch `epoch`."""
-        order = torch.randperm(
-            len(self.labels), generator=epoch_generator(self.seed, epoch, self.device),
-            device=self.device,
-        )  # fmt: skip
+        order = self._order(epoch_generator(self.seed, epoch, self.device))
         parts = [
             order[rank_slice(i, self.batch_size, self.rank, self.world)] for i in range(len(self))
         ]
@@ -154,7 +165,7 @@ class InMemoryLoader(BatchLoader):
                 yield Batch(x, self.labels[start:end])
             return
         gen = epoch_generator(self.seed, epoch, self.device)
-        order = torch.randperm(n, generator=gen, device=self.device)
+        order = self._order(gen)
         if self.rank:
             gen = epoch_generator(self.seed, epoch, self.device, self.rank)
         rng = epoch_rng(self.seed, epoch, self.rank)
@@ -164,9 +175,10 @@ class InMemoryLoader(BatchLoader):
         )  # fmt: skip
         for i in range(len(self)):
             idx = order[rank_slice(i, self.batch_size, self.rank, self.world)]
-            raw = self.augment.pixels(self.images[idx], gen, None if flips is None else flips[idx])
+            mirrored = None if flips is None else flips[idx]
+            raw = self.augment.pixels(self.images[idx], gen, mirrored)
             x = to_model_input(raw, self.mean, self.inv_std, self.dtype)
-            x = self.augment.normalised(x, gen)
+            x = self.augment.normalised(x, gen, mirrored)
             labels = self.labels[idx]
             targets = None
             if self.mixer is not None:

@@ -213,6 +213,8 @@ def _build_folder(
         raise UserError("augment.flip_mode=alternating works on in-memory datasets only")
     if cfg.eval.random_view():
         raise UserError("eval.random_crop_size / random_flip work on in-memory datasets only")
+    if cfg.train.sampling != "shuffle":
+        raise UserError("train.sampling=replacement works on in-memory datasets only")
     if d.train_crop == "random_resized":  # the random resized crop replaces the padded crop
         augment = replace(augment, crop_padding=0, crop_size=None)
     mixer = BatchMixer.from_config(cfg.augment, info.num_classes)
@@ -288,6 +290,7 @@ def make_loaders(
             train.batch_size if training else train.eval_batch_size, device, train=training,
             augment=batch_augment if training else None, mixer=mixer if training else None,
             seed=train.seed, rank=rank, world=world,
+            replacement=training and train.sampling == "replacement",
         )  # fmt: skip
 
     test = splits.test

@@ -63,9 +63,12 @@ class ImageNetResNet(PostActResNet):
         se: bool = False,
         se_reduction: int = 16,
         zero_init_residual: bool = False,
+        fc_init_std: float | None = None,
     ) -> None:
         super().__init__()
         check_norm(norm)
+        if fc_init_std is not None and fc_init_std <= 0:
+            raise ValueError(f"fc_init_std must be positive, got {fc_init_std}")
         if depth not in RESNET_LAYOUTS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYOUTS)}, got {depth}")
         block, layout = RESNET_LAYOUTS[depth]
@@ -97,7 +100,10 @@ class ImageNetResNet(PostActResNet):
         self.set_head(in_ch, num_classes)
 
         init_weights(self, "fan_out")
-        self.fc.reset_parameters()  # torchvision keeps nn.Linear's default init for the head
+        if fc_init_std is None:
+            self.fc.reset_parameters()  # torchvision keeps nn.Linear's default init for the head
+        else:  # NR's ResNet: N(0, std^2) weight, zero bias (models/imagenet/resnet.py:153-155)
+            nn.init.normal_(self.fc.weight, 0.0, fc_init_std)
         if zero_init_residual:
             # Goyal et al. 2017: each block starts as the identity, which eases early training.
             for unit in self.stages:

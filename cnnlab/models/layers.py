@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from fractions import Fraction
 
 import torch
@@ -112,32 +113,63 @@ class SqueezeExcite(nn.Module):
         return x * gate[:, :, None, None]
 
 
-CLASSIFIER_INITS = ("kaiming", "default", "default_zero_bias")
+CLASSIFIER_INITS = ("kaiming", "default", "default_zero_bias", "kaiming_default_bias")
+CONV_INITS = ("fan_in", "fan_out")
+NORM_INITS = ("ones", "uniform", "uniform_mid_normal", "normal")
+# gcr/torch-residual-networks: N(1, 0.002) for every BN before b738d66 (train-cifar.lua@fec67c0:
+# 84-94), for the BN inside each residual branch after it (residual-layers.lua@f0d0a17:57-59).
+NEAR_ONE_STD = 0.002
 
 
-def init_weights(model: nn.Module, mode: str = "fan_out", classifier_init: str = "kaiming") -> None:
-    """Kaiming-normal convs (relu gain, zero bias); norm layers scale 1, shift 0; linear layers
-    (the classifier, and SE's) as `classifier_init` says.
+def check_init(key: str, value: str, choices: tuple[str, ...]) -> str:
+    """Validate an init-policy option `key` (e.g. norm_init) against `choices`; return it."""
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(choices)}, got '{value}'")
+    return value
+
+
+def init_weights(
+    model: nn.Module,
+    mode: str = "fan_out",
+    classifier_init: str = "kaiming",
+    norm_init: str = "ones",
+    mid_norms: Collection[nn.Module] = (),
+) -> None:
+    """Kaiming-normal convs (relu gain, `mode` fan_in | fan_out, zero bias); norm layers as
+    `norm_init` says; linear layers (the classifier, and SE's) as `classifier_init` says.
 
     classifier_init: "kaiming" (Kaiming-normal weight, zero bias); "default" (nn.Linear's own
     init, weight and bias U(+-1/sqrt(fan_in)), which is also Torch7's); "default_zero_bias"
-    (nn.Linear's weight, zero bias: hysts/pytorch_image_classification's initialize_weights).
+    (nn.Linear's weight, zero bias: hysts/pytorch_image_classification's initialize_weights);
+    "kaiming_default_bias" (Kaiming-normal weight, nn.Linear's bias, as NR's ResNet leaves its
+    1x1-conv classifier's bias).
+    norm_init: "ones" (scale 1, shift 0); "uniform" (scale U(0, 1), shift 0: Torch7's
+    BatchNormalization:reset, torch/nn@93ec794 BatchNormalization.lua:59-61); "uniform_mid_normal"
+    ("uniform", but the `mid_norms` N(1, 0.002), as gcr's residual branches); "normal" (every
+    scale N(1, 0.002), as gcr's code before it moved to nninit).
     """
-    if classifier_init not in CLASSIFIER_INITS:
-        raise ValueError(
-            f"classifier_init must be one of {', '.join(CLASSIFIER_INITS)}, got '{classifier_init}'"
-        )
+    check_init("classifier_init", classifier_init, CLASSIFIER_INITS)
+    check_init("conv_init", mode, CONV_INITS)
+    check_init("norm_init", norm_init, NORM_INITS)
+    mids = {id(m) for m in mid_norms}
     for m in model.modules():
-        if isinstance(m, nn.Linear) and classifier_init != "kaiming":
+        if isinstance(m, nn.Linear) and classifier_init in ("default", "default_zero_bias"):
             if classifier_init == "default_zero_bias" and m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
-            if m.bias is not None:
+            if m.bias is not None and not (
+                isinstance(m, nn.Linear) and classifier_init == "kaiming_default_bias"
+            ):
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm)):
             if m.weight is not None:
-                nn.init.ones_(m.weight)
+                if norm_init == "ones":
+                    nn.init.ones_(m.weight)
+                elif norm_init == "normal" or (norm_init == "uniform_mid_normal" and id(m) in mids):
+                    nn.init.normal_(m.weight, 1.0, NEAR_ONE_STD)
+                else:
+                    nn.init.uniform_(m.weight, 0.0, 1.0)
                 nn.init.zeros_(m.bias)
 
 

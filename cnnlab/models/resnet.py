@@ -37,6 +37,8 @@ class CifarResNet(PostActResNet):
         se: bool = False,
         se_reduction: int = 16,
         classifier_init: str = "kaiming",
+        conv_init: str = "fan_out",
+        norm_init: str = "ones",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -62,7 +64,15 @@ class CifarResNet(PostActResNet):
             se=se_reduction if se else 0,
         )
         self.set_head(in_ch, num_classes)
-        init_weights(self, "fan_out", classifier_init)
+        # norm_init=uniform_mid_normal: gcr's BN inits (residual-layers.lua:57-59, 87; stem
+        # train-cifar.lua:71): N(1, 0.002) inside each branch, Torch7's U(0, 1) elsewhere.
+        mid_norms = [
+            m
+            for block in self.stages
+            for m in list(block.branch)[:-1]
+            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))
+        ]
+        init_weights(self, conv_init, classifier_init, norm_init, mid_norms)
 
 
 # He et al. 2016, Table 6 (CIFAR-10, option A shortcuts): 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M.

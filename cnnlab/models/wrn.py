@@ -77,6 +77,7 @@ class WideResNet(nn.Module):
         erase_relu: bool = False,
         erase_relu_ratio: float = 1.0,
         classifier_init: str = "kaiming",
+        norm_init: str = "ones",
     ) -> None:
         super().__init__()
         check_norm(norm)
@@ -111,8 +112,13 @@ class WideResNet(nn.Module):
             norm2d(norm, in_ch), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()
         )
         self.fc = nn.Linear(in_ch, num_classes)
-        # The reference implementation (hysts, METHODS §4) initialises WRN with Kaiming fan_in.
-        init_weights(self, "fan_in", classifier_init)
+        # Kaiming fan_in, as the official MSRinit (szagoruyko/wide-residual-networks@ae6d0d0
+        # models/utils.lua:3-9: std sqrt(2 / (kW*kH*nInputPlane))). Its BN scales start at
+        # Torch7's U(0, 1) and its classifier at Torch7's Linear with the bias zeroed (utils.lua:
+        # 11-15, 30 model:reset()): norm_init=uniform, classifier_init=default_zero_bias.
+        # uniform_mid_normal: the norm between each unit's two convs is the one inside the branch.
+        mid_norms = [unit.norm2 for unit in self.stages]
+        init_weights(self, "fan_in", classifier_init, norm_init, mid_norms)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for a batch of images."""

@@ -6,7 +6,9 @@ or a fixed unit (the official passes ones for both); a non-fixed unit then sets 
 |gamma| <= t to +-t and divides its shift by b / t. For a non-fixed source this is the same
 function under ReLU; for the image or a fixed source it is a uniform 1/t that the next BN
 absorbs in training (batch statistics) but that its running statistics do not know until
-they adapt. The classifier (official `ConvLinear.bn_restore`) multiplies by b without / t.
+they adapt. The classifier (official `ConvLinear.bn_restore`) multiplies by b without / t,
+so it is not the same function there: the logits less the bias scale by t wherever a
+non-fixed unit feeds the classifier (VGG, DenseNet), as in the official code.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ and applies it; `apply_architecture` replays a plan on a freshly built network, 
 a checkpoint taken after the rebuild is resumed or evaluated. Sizes follow the official
 `nr.Conv2d.rejuvenate`: a unit gets int(live_out * r) channels, its input the widths of its
 sources; a fixed unit keeps all its C channels (int(C * r)), like every other unit feeding
-the same sum, even when its branch died wholly.
+the same sum, even when its branch died wholly (a departure: the official marks it wholly
+dead and deletes it, and then cannot size what follows; docs/nr_fidelity.md).
 """
 
 from __future__ import annotations
@@ -69,9 +70,10 @@ def apply_architecture(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
 
 
 def _survivors(mask: torch.Tensor, scale: torch.Tensor, fixed: bool) -> torch.Tensor:
-    # A fixed unit keeps every channel: the sum it feeds has that width on every side.
-    # cnnlab keeps the strongest channel of a wholly dead unit: the official code deletes it
-    # and then cannot size what follows (its rejuvenate returns None), see docs/nr_fidelity.md.
+    # A fixed unit keeps every channel, even when wholly dead: the sum it feeds has that width
+    # on every side. Of any other wholly dead unit cnnlab keeps the strongest channel. The
+    # official code deletes both and then cannot size what follows (its rejuvenate returns
+    # None), see docs/nr_fidelity.md.
     if fixed:
         return torch.arange(len(mask))
     idx = mask.nonzero().flatten()
