@@ -105,9 +105,13 @@ class InMemoryLoader(BatchLoader):
         dtype: torch.dtype = torch.float32,
         rank: int = 0,
         world: int = 1,
+        drop_last: bool = True,
     ) -> None:
         super().__init__(mean, std, batch_size, device, train, augment, mixer, seed, dtype, rank,
                          world)  # fmt: skip
+        if train and not drop_last and world > 1:
+            raise ValueError("a ragged last batch cannot be split over several processes")
+        self.drop_last = drop_last
         if not train and world > 1:
             # Evaluation shards the split; the ranks' sums are added up by the caller.
             keep = torch.as_tensor(eval_shard(len(labels), rank, world), dtype=torch.long)
@@ -119,9 +123,10 @@ class InMemoryLoader(BatchLoader):
             self.num_images = len(labels)
 
     def __len__(self) -> int:
-        """Return this rank's batches per epoch (training drops the ragged last batch)."""
+        """Return this rank's batches per epoch (training drops the ragged last batch unless
+        drop_last is false)."""
         n = len(self.labels)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        return n // self.batch_size if self.train and self.drop_last else -(-n // self.batch_size)
 
     def fixed_images(self, index: torch.Tensor) -> torch.Tensor:
         """Return images `index`, normalised NCHW and not augmented (e.g. a probe batch)."""
