@@ -214,6 +214,9 @@ class ScheduleConfig(_Section):
     # step: the lr changes every iteration; epoch: it is set at each epoch's first iteration
     # from the epoch's index (a torch scheduler stepped once per epoch).
     interval: Literal["step", "epoch"] = "step"
+    # The lr of step s is the schedule's value at s + step_offset (epochs under interval=epoch):
+    # 1 for a torch scheduler stepped before each update, after the step its constructor takes.
+    step_offset: int = Field(0, ge=0)
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)

@@ -74,6 +74,8 @@ def protocol_of(path: Path) -> dict[str, Any]:
     # Keys that place the schedule's steps, stated only where a recipe sets them.
     if s.interval != "step":
         schedule["interval"] = s.interval
+    if s.step_offset:
+        schedule["step_offset"] = s.step_offset
     for key in ("decay_start_epoch", "decay_epochs"):
         if getattr(s, key) is not None:
             schedule[key] = getattr(s, key)

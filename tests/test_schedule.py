@@ -120,6 +120,7 @@ def test_curve_is_the_lr_of_every_step():
         ),
         (["schedule.decay_epochs=0"], "config key 'schedule.decay_epochs'"),
         (["schedule.reset_state_at_milestones=true"], "needs schedule.name=multistep with"),
+        (["schedule.step_offset=-1"], "config key 'schedule.step_offset'"),
     ],
 )
 def test_bad_schedule_keys_are_named(overrides, message):
@@ -178,6 +179,45 @@ def test_epoch_interval_holds_each_value_over_the_epoch():
     d = Schedule(decay, 4, 10)
     # Steps: base until step 10, then down to the floor over 20 steps, then the floor.
     assert [d.factor(i) for i in (0, 10, 20, 30, 39)] == pytest.approx([1, 1, 0.75, 0.5, 0.5])
+
+
+def _hysts_cosine_lrs(epochs: int, steps: int, base: float) -> list[float]:
+    """The lr of each update as hysts/pytorch_image_classification@da2bdcf runs its cosine:
+    LambdaLR over epochs x steps (utils.py:80-90) stepped before every update (main.py:175-176)."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=base, momentum=0.9)
+    total = epochs * steps
+    cosine = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1 + math.cos(step / total * math.pi))
+    )
+    lrs = []
+    for _ in range(total):
+        cosine.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+    return lrs
+
+
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
+def test_step_offset_matches_a_scheduler_stepped_before_each_update():
+    cfg = ScheduleConfig(name="cosine", step_offset=1)
+    s = Schedule(cfg, 3, 7, base_lr=0.2)
+    official = _hysts_cosine_lrs(3, 7, 0.2)
+    assert s.curve() == pytest.approx(official, rel=1e-12, abs=1e-15)
+    assert official[-1] == pytest.approx(0.0, abs=1e-15)  # the last update at t = T
+    plain = Schedule(ScheduleConfig(name="cosine"), 3, 7, base_lr=0.2).curve()
+    assert plain[1:] == pytest.approx(official[:-1], rel=1e-12)  # without: one update behind
+
+
+def test_hysts_cosine_recipe_follows_its_lambda_lr_at_every_update():
+    cfg = load_config("recipes/cifar10/wrn28_10_cutout16_cosine.yaml")
+    steps = steps_per_epoch(cfg)
+    assert steps == 781  # 50,000 // 64 (drop_last=True)
+    total = cfg.train.epochs * steps
+    curve = Schedule(cfg.schedule, cfg.train.epochs, steps, base_lr=cfg.optim.lr).curve()
+    # hysts' utils.cosine_annealing at LambdaLR's count i + 1 for update i.
+    official = [0.1 * 0.5 * (1 + math.cos((i + 1) / total * math.pi)) for i in range(total)]
+    assert curve == pytest.approx(official, rel=1e-12, abs=1e-15)
 
 
 def test_wrn_drops_where_train_lua_drops():

@@ -73,7 +73,8 @@ class Schedule:
     onecycle: rises linearly from `start_factor` (default m) to 1 at `peak_epoch`, then falls
     linearly to m. For cosine and linear, `decay_start_epoch` moves t = 0 and `decay_epochs`
     sets T. With interval=epoch the same formulas count epochs instead of steps, and every
-    step of an epoch takes the value of the epoch's index.
+    step of an epoch takes the value of the epoch's index. `step_offset` k gives step s the
+    value of step s + k.
     """
 
     def __init__(
@@ -107,6 +108,7 @@ class Schedule:
 
     def factor(self, step: int) -> float:
         """Return the multiplier of the base lr at global step `step` (0-based)."""
+        step += self.cfg.step_offset * self.steps_per_tick
         tick = step // self.steps_per_tick
         if tick < self.warmup:
             return self._warmup_factor(tick)
