@@ -99,19 +99,16 @@ class InMemoryLoader(BatchLoader):
         batch_size: int,
         device: torch.device,
         train: bool,
+        drop_last: bool = True,
         augment: BatchAugment | None = None,
         mixer: BatchMixer | None = None,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
         rank: int = 0,
         world: int = 1,
-        drop_last: bool = True,
     ) -> None:
         super().__init__(mean, std, batch_size, device, train, augment, mixer, seed, dtype, rank,
                          world)  # fmt: skip
-        if train and not drop_last and world > 1:
-            raise ValueError("a ragged last batch cannot be split over several processes")
-        self.drop_last = drop_last
         if not train and world > 1:
             # Evaluation shards the split; the ranks' sums are added up by the caller.
             keep = torch.as_tensor(eval_shard(len(labels), rank, world), dtype=torch.long)
@@ -121,6 +118,9 @@ class InMemoryLoader(BatchLoader):
         self.labels = labels.to(device)
         if train or world == 1:
             self.num_images = len(labels)
+        if train and not drop_last and world > 1:
+            raise ValueError("a ragged last batch cannot be split over several processes")
+        self.drop_last = drop_last
 
     def __len__(self) -> int:
         """Return this rank's batches per epoch (training drops the ragged last batch unless

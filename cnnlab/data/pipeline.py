@@ -293,8 +293,9 @@ def make_loaders(
         return InMemoryLoader(
             images, ds.labels, info.mean, info.std,
             train.batch_size if training else train.eval_batch_size, device, train=training,
+            drop_last=train.drop_last,
             augment=batch_augment if training else None, mixer=mixer if training else None,
-            seed=train.seed, rank=rank, world=world, drop_last=train.drop_last,
+            seed=train.seed, rank=rank, world=world,
         )  # fmt: skip
 
     test = splits.test
