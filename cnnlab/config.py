@@ -385,6 +385,15 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _ragged_batch_in_memory(self) -> Config:
+        if not self.train.drop_last and self.data.name == "folder":
+            raise ValueError(
+                "train.drop_last=false works on in-memory datasets only (image folders drop "
+                "the ragged last batch)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _epochs_in_range(self) -> Config:
         epochs = self.train.epochs
         for m in self.schedule.milestones:
@@ -392,23 +401,14 @@ class Config(_Section):
                 raise ValueError(
                     f"schedule.milestones: {m} lies outside 1..train.epochs ({epochs})"
                 )
-        peak = self.schedule.peak_epoch
-        if peak is not None and peak >= epochs:
-            raise ValueError(f"schedule.peak_epoch: {peak} must lie below train.epochs ({epochs})")
         start = self.schedule.decay_start_epoch
         if start is not None and start >= epochs:
             raise ValueError(
                 f"schedule.decay_start_epoch: {start} must lie below train.epochs ({epochs})"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _ragged_batch_in_memory(self) -> Config:
-        if not self.train.drop_last and self.data.name == "folder":
-            raise ValueError(
-                "train.drop_last=false works on in-memory datasets only (image folders drop "
-                "the ragged last batch)"
-            )
+        peak = self.schedule.peak_epoch
+        if peak is not None and peak >= epochs:
+            raise ValueError(f"schedule.peak_epoch: {peak} must lie below train.epochs ({epochs})")
         return self
 
 
