@@ -149,6 +149,9 @@ class TrainConfig(_Section):
     # checkpoint_every epochs.
     checkpoint_every: int = Field(1, ge=1)
     plot_every: int = Field(1, ge=1)
+    # false: the last, smaller batch of each epoch is trained on too (a PyTorch DataLoader's
+    # drop_last=False); in-memory datasets and one process only.
+    drop_last: bool = True
 
 
 # The optimizer-specific keys each optimizer takes, with its default for each. A key left out
@@ -207,9 +210,16 @@ class OptimConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    """Per-iteration learning-rate schedule with optional warm-up (linear or constant)."""
+    """Learning-rate schedule with optional warm-up (linear or constant), set every iteration
+    or once per epoch."""
 
     name: Literal["multistep", "cosine", "constant", "linear", "onecycle"] = "cosine"
+    # step: the lr changes every iteration; epoch: it is set at each epoch's first iteration
+    # from the epoch's index (a torch scheduler stepped once per epoch).
+    interval: Literal["step", "epoch"] = "step"
+    # The lr of step s is the schedule's value at s + step_offset (epochs under interval=epoch):
+    # 1 for a torch scheduler stepped before each update, after the step its constructor takes.
+    step_offset: int = Field(0, ge=0)
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
@@ -219,11 +229,28 @@ class ScheduleConfig(_Section):
     lr_min_factor: float = Field(0.0, ge=0, le=1)
     peak_epoch: float | None = Field(None, gt=0)
     start_factor: float | None = Field(None, ge=0, le=1)  # onecycle's start; null = lr_min_factor
+    # cosine / linear: the 0-based epoch where their t = 0 (null: where warm-up ends) and their
+    # length T in epochs (null: to the end of the run); a warm-up still sets its own epochs.
+    decay_start_epoch: int | None = Field(None, ge=0)
+    decay_epochs: int | None = Field(None, ge=1)
+    # At each milestone the optimizer's state (momentum buffers) starts afresh, as Torch's
+    # optim.sgd did when a training script replaced its state table at a drop.
+    reset_state_at_milestones: bool = False
 
     @model_validator(mode="after")
     def _warmup_is_consistent(self) -> ScheduleConfig:
         if self.warmup_epochs and self.warmup_steps:
             raise ValueError("set schedule.warmup_epochs or schedule.warmup_steps, not both")
+        if self.interval == "epoch":
+            if self.warmup_steps:
+                raise ValueError(
+                    "schedule.interval=epoch counts warm-up in epochs: use "
+                    "schedule.warmup_epochs, not warmup_steps"
+                )
+            if not float(self.warmup_epochs).is_integer():
+                raise ValueError(
+                    f"schedule.interval=epoch needs whole warm-up epochs, got {self.warmup_epochs}"
+                )
         has_warmup = bool(self.warmup_epochs or self.warmup_steps)
         if self.warmup_lr is not None and not has_warmup:
             raise ValueError(
@@ -234,6 +261,13 @@ class ScheduleConfig(_Section):
         for key in ("peak_epoch", "start_factor"):
             if getattr(self, key) is not None and self.name != "onecycle":
                 raise ValueError(f"schedule.{key} applies only to schedule.name=onecycle")
+        for key in ("decay_start_epoch", "decay_epochs"):
+            if getattr(self, key) is not None and self.name not in ("cosine", "linear"):
+                raise ValueError(f"schedule.{key} applies only to schedule.name=cosine or linear")
+        if self.reset_state_at_milestones and not (self.name == "multistep" and self.milestones):
+            raise ValueError(
+                "schedule.reset_state_at_milestones needs schedule.name=multistep with milestones"
+            )
         return self
 
 
@@ -355,6 +389,15 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _ragged_batch_in_memory(self) -> Config:
+        if not self.train.drop_last and self.data.name == "folder":
+            raise ValueError(
+                "train.drop_last=false works on in-memory datasets only (image folders drop "
+                "the ragged last batch)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _epochs_in_range(self) -> Config:
         epochs = self.train.epochs
         for m in self.schedule.milestones:
@@ -362,6 +405,11 @@ class Config(_Section):
                 raise ValueError(
                     f"schedule.milestones: {m} lies outside 1..train.epochs ({epochs})"
                 )
+        start = self.schedule.decay_start_epoch
+        if start is not None and start >= epochs:
+            raise ValueError(
+                f"schedule.decay_start_epoch: {start} must lie below train.epochs ({epochs})"
+            )
         peak = self.schedule.peak_epoch
         if peak is not None and peak >= epochs:
             raise ValueError(f"schedule.peak_epoch: {peak} must lie below train.epochs ({epochs})")

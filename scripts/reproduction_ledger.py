@@ -71,6 +71,16 @@ def protocol_of(path: Path) -> dict[str, Any]:
         schedule["lr_min_factor"] = s.lr_min_factor
     if s.warmup_epochs or s.warmup_steps:
         schedule |= {"warmup_epochs": s.warmup_epochs, "warmup_steps": s.warmup_steps}
+    # Keys that place the schedule's steps, stated only where a recipe sets them.
+    if s.interval != "step":
+        schedule["interval"] = s.interval
+    if s.step_offset:
+        schedule["step_offset"] = s.step_offset
+    for key in ("decay_start_epoch", "decay_epochs"):
+        if getattr(s, key) is not None:
+            schedule[key] = getattr(s, key)
+    if s.reset_state_at_milestones:
+        schedule["reset_state_at_milestones"] = True
     optimizer = {"name": cfg.optim.name, "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay}
     optimizer |= {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.optim.options().items()}
     return {

@@ -109,11 +109,134 @@ def test_curve_is_the_lr_of_every_step():
         (["schedule.name=onecycle", "schedule.peak_epoch=5"], "must lie below train.epochs"),
         (["schedule.warmup_steps=-1"], "config key 'schedule.warmup_steps'"),
         (["schedule.name=poly"], "config key 'schedule.name'"),
+        (["schedule.interval=epoch", "schedule.warmup_steps=10"], "use schedule.warmup_epochs"),
+        (["schedule.interval=epoch", "schedule.warmup_epochs=0.5"], "needs whole warm-up epochs"),
+        (["schedule.interval=iteration"], "config key 'schedule.interval'"),
+        (["schedule.name=multistep", "schedule.decay_epochs=10"], "decay_epochs applies only to"),
+        (["schedule.name=onecycle", "schedule.decay_start_epoch=1"], "decay_start_epoch applies"),
+        (
+            ["schedule.name=cosine", "train.epochs=5", "schedule.decay_start_epoch=5"],
+            "decay_start_epoch: 5 must lie below train.epochs",
+        ),
+        (["schedule.decay_epochs=0"], "config key 'schedule.decay_epochs'"),
+        (["schedule.reset_state_at_milestones=true"], "needs schedule.name=multistep with"),
+        (["schedule.step_offset=-1"], "config key 'schedule.step_offset'"),
     ],
 )
 def test_bad_schedule_keys_are_named(overrides, message):
     with pytest.raises(UserError, match=message.replace(".", r"\.")):
         load_config(None, overrides)
+
+
+def _recu_lrs(epochs: int = 600, base: float = 0.1) -> list[float]:
+    """The lr of each epoch as z-hXu/ReCU@9a73bed cifar/main.py sets it with --warm_up:
+    CosineAnnealingLR(T_max=epochs - 4) built at last_epoch=-1 (main.py:147), a warm-up of
+    base (e + 1) / 5 written over it for epochs 0-4 (main.py:179-181), and the scheduler stepped
+    after each epoch's training from epoch 4 on (main.py:196-197)."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [param], "initial_lr": base}], lr=base, momentum=0.9)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs - 4, eta_min=0, last_epoch=-1)
+    lrs = []
+    for epoch in range(epochs):
+        if epoch < 5:
+            opt.param_groups[0]["lr"] = base * (epoch + 1) / 5
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if epoch >= 4:
+            cosine.step()
+    return lrs
+
+
+def test_recu_recipes_follow_torchs_cosine_stepped_once_per_epoch():
+    official = _recu_lrs()
+    assert official[:6] == pytest.approx(
+        [0.02, 0.04, 0.06, 0.08, 0.1, 0.05 * (1 + math.cos(math.pi / 596))]
+    )
+    assert (
+        official[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * 595 / 596)))
+        and official[-1] > 0
+    )
+    for name in ("resnet20_1w1a", "resnet18_1w1a", "vgg_small_1w1a"):
+        cfg = load_config(f"recipes/cifar10/{name}.yaml")
+        steps = steps_per_epoch(cfg)
+        assert steps == 196  # 50,000 images in batches of 256, the last of 80 kept
+        s = Schedule(cfg.schedule, cfg.train.epochs, steps, base_lr=cfg.optim.lr)
+        for epoch, lr in enumerate(official):
+            # Every step of an epoch trains at the epoch's lr.
+            assert s.lr(epoch * steps) == pytest.approx(lr, rel=1e-9, abs=1e-15)
+            assert s.lr(epoch * steps + steps - 1) == s.lr(epoch * steps)
+
+
+def test_epoch_interval_holds_each_value_over_the_epoch():
+    cfg = ScheduleConfig(name="cosine", interval="epoch", warmup_epochs=2)
+    s = Schedule(cfg, 6, 10)
+    # Warm-up (e + 1) / 2, then cosine over the 4 epochs after it, t counted in epochs.
+    expect = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(4)]
+    assert [s.factor(10 * e + k) for e in range(6) for k in (0, 9)] == pytest.approx(
+        [f for f in expect for _ in (0, 1)]
+    )
+    decay = ScheduleConfig(name="linear", decay_start_epoch=1, decay_epochs=2, lr_min_factor=0.5)
+    d = Schedule(decay, 4, 10)
+    # Steps: base until step 10, then down to the floor over 20 steps, then the floor.
+    assert [d.factor(i) for i in (0, 10, 20, 30, 39)] == pytest.approx([1, 1, 0.75, 0.5, 0.5])
+
+
+def _hysts_cosine_lrs(epochs: int, steps: int, base: float) -> list[float]:
+    """The lr of each update as hysts/pytorch_image_classification@da2bdcf runs its cosine:
+    LambdaLR over epochs x steps (utils.py:80-90) stepped before every update (main.py:175-176)."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=base, momentum=0.9)
+    total = epochs * steps
+    cosine = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1 + math.cos(step / total * math.pi))
+    )
+    lrs = []
+    for _ in range(total):
+        cosine.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+    return lrs
+
+
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
+def test_step_offset_matches_a_scheduler_stepped_before_each_update():
+    cfg = ScheduleConfig(name="cosine", step_offset=1)
+    s = Schedule(cfg, 3, 7, base_lr=0.2)
+    official = _hysts_cosine_lrs(3, 7, 0.2)
+    assert s.curve() == pytest.approx(official, rel=1e-12, abs=1e-15)
+    assert official[-1] == pytest.approx(0.0, abs=1e-15)  # the last update at t = T
+    plain = Schedule(ScheduleConfig(name="cosine"), 3, 7, base_lr=0.2).curve()
+    assert plain[1:] == pytest.approx(official[:-1], rel=1e-12)  # without: one update behind
+
+
+def test_hysts_cosine_recipe_follows_its_lambda_lr_at_every_update():
+    cfg = load_config("recipes/cifar10/wrn28_10_cutout16_cosine.yaml")
+    steps = steps_per_epoch(cfg)
+    assert steps == 781  # 50,000 // 64 (drop_last=True)
+    total = cfg.train.epochs * steps
+    curve = Schedule(cfg.schedule, cfg.train.epochs, steps, base_lr=cfg.optim.lr).curve()
+    # hysts' utils.cosine_annealing at LambdaLR's count i + 1 for update i.
+    official = [0.1 * 0.5 * (1 + math.cos((i + 1) / total * math.pi)) for i in range(total)]
+    assert curve == pytest.approx(official, rel=1e-12, abs=1e-15)
+
+
+def test_wrn_drops_where_train_lua_drops():
+    """szagoruyko/wide-residual-networks@ae6d0d0 train.lua:173-184: at the start of each epoch
+    (torchnet's state.epoch = epochs done), lr *= 0.2 when state.epoch + 1 is in {60, 120, 160}."""
+    official, lr = [], 0.1
+    for done in range(200):
+        if done + 1 in (60, 120, 160):
+            lr *= 0.2
+        official.append(lr)
+    cfg = load_config("recipes/cifar10/wrn28_10_dropout.yaml")
+    steps = steps_per_epoch(cfg)
+    assert steps == 390  # 'skip-last' batches of 128 (train.lua:142)
+    s = Schedule(cfg.schedule, cfg.train.epochs, steps, base_lr=cfg.optim.lr)
+    assert [s.lr(e * steps) for e in range(200)] == pytest.approx(official, rel=1e-12)
+    assert [s.lr(e * steps + steps - 1) for e in range(200)] == pytest.approx(official, rel=1e-12)
+    phases = [sum(1 for x in official if x == pytest.approx(v)) for v in sorted(set(official))]
+    assert phases == [41, 40, 60, 59]
+    assert [i for i in range(200 * steps) if s.resets_state(i)] == [59 * 390, 119 * 390, 159 * 390]
 
 
 def test_steps_per_epoch_without_reading_the_images():
@@ -124,6 +247,10 @@ def test_steps_per_epoch_without_reading_the_images():
     assert steps_per_epoch(cfg) == 15
     with pytest.raises(UserError, match="larger than the training set"):
         steps_per_epoch(load_config(None, ["data.train_limit=10"]))
+    ragged = load_config(
+        None, ["data.train_limit=1000", "train.batch_size=64", "train.drop_last=false"]
+    )
+    assert steps_per_epoch(ragged) == 16
 
 
 @needs_fashion

@@ -100,6 +100,7 @@ class InMemoryLoader(BatchLoader):
         batch_size: int,
         device: torch.device,
         train: bool,
+        drop_last: bool = True,
         augment: BatchAugment | None = None,
         mixer: BatchMixer | None = None,
         seed: int = 0,
@@ -124,11 +125,15 @@ class InMemoryLoader(BatchLoader):
         self.labels = labels.to(device)
         if train or world == 1:
             self.num_images = len(labels)
+        if train and not drop_last and world > 1:
+            raise ValueError("a ragged last batch cannot be split over several processes")
+        self.drop_last = drop_last
 
     def __len__(self) -> int:
-        """Return this rank's batches per epoch (training drops the ragged last batch)."""
+        """Return this rank's batches per epoch (training drops the ragged last batch unless
+        drop_last is false)."""
         n = len(self.labels)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        return n // self.batch_size if self.train and self.drop_last else -(-n // self.batch_size)
 
     def fixed_images(self, index: torch.Tensor) -> torch.Tensor:
         """Return images `index`, normalised NCHW and not augmented (e.g. a probe batch)."""

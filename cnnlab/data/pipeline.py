@@ -80,8 +80,10 @@ def train_images(cfg: Config) -> int:
 
 
 def steps_per_epoch(cfg: Config) -> int:
-    """Return the optimizer steps per epoch of `cfg` (the ragged last batch is dropped)."""
-    steps = train_images(cfg) // cfg.train.batch_size
+    """Return the optimizer steps per epoch of `cfg` (the ragged last batch counts only under
+    train.drop_last=false)."""
+    images, batch = train_images(cfg), cfg.train.batch_size
+    steps = images // batch if cfg.train.drop_last else -(-images // batch)
     if steps == 0:
         raise UserError(
             f"train.batch_size={cfg.train.batch_size} is larger than the training set "
@@ -272,6 +274,11 @@ def make_loaders(
     evaluation), `augment` on the training batches, order and draws seeded by train.seed;
     val and test through `evaluation`'s random view when it has one."""
     info = splits.info
+    if not train.drop_last and world > 1:
+        raise UserError(
+            "train.drop_last=false works with one process only: a ragged last batch does not "
+            f"split over {world} processes"
+        )
     batch_augment = BatchAugment.from_config(augment, info.mean, info.image_size)
     mixer = BatchMixer.from_config(augment, info.num_classes)
     view = evaluation is not None and evaluation.random_view()
@@ -288,6 +295,7 @@ def make_loaders(
         return InMemoryLoader(
             images, ds.labels, info.mean, info.std,
             train.batch_size if training else train.eval_batch_size, device, train=training,
+            drop_last=train.drop_last,
             augment=batch_augment if training else None, mixer=mixer if training else None,
             seed=train.seed, rank=rank, world=world,
             replacement=training and train.sampling == "replacement",

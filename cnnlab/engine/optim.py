@@ -1,4 +1,5 @@
-"""Optimizers (with an optional no-decay group) and per-iteration learning-rate schedules."""
+"""Optimizers (with an optional no-decay group) and learning-rate schedules (per iteration or
+per epoch)."""
 
 from __future__ import annotations
 
@@ -121,7 +122,10 @@ class Schedule:
     step 0); cosine, linear and onecycle run over the steps after warm-up, from 1 down to
     lr_min_factor m. cosine: m + (1 - m)(1 + cos(pi t / T)) / 2; linear: 1 - (1 - m) t / T;
     onecycle: rises linearly from `start_factor` (default m) to 1 at `peak_epoch`, then falls
-    linearly to m.
+    linearly to m. For cosine and linear, `decay_start_epoch` moves t = 0 and `decay_epochs`
+    sets T. With interval=epoch the same formulas count epochs instead of steps, and every
+    step of an epoch takes the value of the epoch's index. `step_offset` k gives step s the
+    value of step s + k.
     """
 
     def __init__(
@@ -131,40 +135,55 @@ class Schedule:
         self.base_lr = base_lr
         self.steps_per_epoch = steps_per_epoch
         self.total = epochs * steps_per_epoch
-        self.warmup = cfg.warmup_steps or round(cfg.warmup_epochs * steps_per_epoch)
+        # The schedule's clock: one tick per step, or per epoch with interval=epoch.
+        self.steps_per_tick = steps_per_epoch if cfg.interval == "epoch" else 1
+        per_epoch = steps_per_epoch // self.steps_per_tick
+        self.ticks = epochs * per_epoch
+        self.warmup = cfg.warmup_steps or round(cfg.warmup_epochs * per_epoch)
         self.milestone_steps = sorted(m * steps_per_epoch for m in cfg.milestones)
         # A quarter of the run when unset, as in airbench-style one-cycle schedules.
         peak_epoch = cfg.peak_epoch if cfg.peak_epoch is not None else epochs / 4
-        self.peak = max(self.warmup, round(peak_epoch * steps_per_epoch))
+        self.peak = max(self.warmup, round(peak_epoch * per_epoch))
+        start = cfg.decay_start_epoch
+        self.decay_start = self.warmup if start is None else start * per_epoch
+        span = cfg.decay_epochs * per_epoch if cfg.decay_epochs else self.ticks - self.decay_start
+        self.decay_span = max(1, span)
 
-    def _warmup_factor(self, step: int) -> float:
+    def _warmup_factor(self, tick: int) -> float:
         if self.cfg.warmup_lr is None:
-            return (step + 1) / self.warmup
+            return (tick + 1) / self.warmup
         start = self.cfg.warmup_lr / self.base_lr
         if self.cfg.warmup_mode == "constant":
             return start
-        return start + (1 - start) * step / self.warmup
+        return start + (1 - start) * tick / self.warmup
 
     def factor(self, step: int) -> float:
         """Return the multiplier of the base lr at global step `step` (0-based)."""
-        if step < self.warmup:
-            return self._warmup_factor(step)
+        step += self.cfg.step_offset * self.steps_per_tick
+        tick = step // self.steps_per_tick
+        if tick < self.warmup:
+            return self._warmup_factor(tick)
         name, m = self.cfg.name, self.cfg.lr_min_factor
         if name == "multistep":
             passed = sum(step >= s for s in self.milestone_steps)
             return self.cfg.gamma**passed
         if name == "onecycle":
-            if step < self.peak:
+            if tick < self.peak:
                 s = m if self.cfg.start_factor is None else self.cfg.start_factor
-                return s + (1 - s) * (step - self.warmup + 1) / (self.peak - self.warmup)
-            return 1 - (1 - m) * (step - self.peak) / max(1, self.total - self.peak)
-        span = max(1, self.total - self.warmup)
-        t = min(step - self.warmup, span)
+                return s + (1 - s) * (tick - self.warmup + 1) / (self.peak - self.warmup)
+            return 1 - (1 - m) * (tick - self.peak) / max(1, self.ticks - self.peak)
+        span = self.decay_span
+        t = min(max(0, tick - self.decay_start), span)
         if name == "cosine":
             return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * t / span))
         if name == "linear":
             return 1 - (1 - m) * t / span
         return 1.0
+
+    def resets_state(self, step: int) -> bool:
+        """Return whether the optimizer's state starts afresh at global step `step` (the first
+        step of a milestone epoch under reset_state_at_milestones)."""
+        return self.cfg.reset_state_at_milestones and step in self.milestone_steps
 
     def lr(self, step: int) -> float:
         """Return the learning rate at global step `step`."""

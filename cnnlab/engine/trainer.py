@@ -403,7 +403,10 @@ class Trainer:
         clock = EpochClock(self.device)
         clock.start()
         for i, batch in enumerate(loader.epoch(epoch)):
-            self.lr = self.schedule.apply(opt, self.step - self.extra_epochs * self.steps_per_epoch)
+            scheduled_step = self.step - self.extra_epochs * self.steps_per_epoch
+            self.lr = self.schedule.apply(opt, scheduled_step)
+            if self.schedule.resets_state(scheduled_step):
+                opt.state.clear()
             soft = batch.targets is not None
             targets = batch.targets if soft else batch.labels
             out = train_step(
@@ -433,7 +436,8 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_step_end(self, self.step, shown)
         seconds = clock.seconds()
-        seen = steps * self.cfg.train.batch_size  # the global batch, over all ranks
+        # The global batch, over all ranks; a kept ragged batch (one process only) is smaller.
+        seen = steps * self.cfg.train.batch_size if self.cfg.train.drop_last else loader.num_images
         mean_loss = losses.mean()
         if self.dist.active:
             mean_loss = distributed.reduce_sum(mean_loss) / self.dist.world
