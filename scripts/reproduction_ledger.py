@@ -96,6 +96,11 @@ def protocol_of(path: Path) -> dict[str, Any]:
             **_changed(cfg.augment),
         },
         "test_transform": _changed(cfg.eval),
+        # Normalisation constants, held-out images, ragged batches and sampling, where set.
+        "loader": {
+            **{k: v for k, v in _changed(cfg.data).items() if k not in ("name", "root")},
+            **{k: v for k, v in _changed(cfg.train).items() if k in ("drop_last", "sampling")},
+        },
     }
 
 
@@ -148,7 +153,7 @@ def render_page(rows: list[dict[str, Any]]) -> str:
         "`docs/reproduction.yaml`, by `python scripts/reproduction_ledger.py` from the recipes;",
         "`tests/test_ledger.py` checks every recipe against it (schedule kind and milestones,",
         "optimizer and its settings, network and its init options, epochs, batch, the train and",
-        "test transforms). Each recipe's `reference:` block",
+        "test transforms, normalisation and ragged batches). Each recipe's `reference:` block",
         "names the source line behind each setting and what could not be confirmed.",
         "",
         "Status counts: " + "; ".join(f"{s}: {n}" for s, n in counts.items()) + ".",

@@ -2,7 +2,7 @@
 
 The ledger states, per published row, the schedule (kind, milestones), the optimizer and its
 settings, the network (model and options, its init among them) with its measured parameter
-count, epochs, batch, and the train and test transforms.
+count, epochs, batch, the train and test transforms, normalisation and ragged batches.
 A deliberate recipe change re-runs `python scripts/reproduction_ledger.py` and commits both.
 """
 
@@ -44,7 +44,7 @@ def test_recipe_matches_its_ledger_row(recipe):
     row, path = BY_RECIPE[recipe], RECIPES_DIR / recipe
     expected = ledger.protocol_of(path)
     for key in ("network", "optimizer", "schedule", "epochs", "batch", "train_transform",
-                "test_transform"):  # fmt: skip
+                "test_transform", "loader"):  # fmt: skip
         assert expected[key] == row[key], f"{recipe}: {key} differs from docs/reproduction.yaml"
     assert ledger.measured_params(path) == row["params"]
 
