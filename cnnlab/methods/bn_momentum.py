@@ -41,7 +41,7 @@ def batch_norms(model: nn.Module) -> Iterator[nn.modules.batchnorm._BatchNorm]:
 
 
 class BNMomentum(Callback):
-    """Sets every BatchNorm's momentum: a float, or "dynamic" (METHODS §6).
+    """Sets every BatchNorm's momentum: a float, or "dynamic" (gcr/torch-residual-networks).
 
     Dynamic: before the n-th batch of an epoch (n from 0) the momentum is 1/(1+n), so the
     running statistics are the plain average over the epoch so far. PyTorch's momentum=None

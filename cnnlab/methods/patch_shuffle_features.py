@@ -3,7 +3,7 @@
 PatchShuffle (Kang et al., arXiv 1707.07103) permutes the pixels inside every non-overlapping
 k x k patch of a randomly chosen image or feature map. The EraseReLU/PatchShuffle repository's
 MiniImageNet scripts (`train_*_10000`, `train_*_11000`) name where it is switched on with a
-5-digit mask; the scripts are not public any more (METHODS §1), so reading the first digit as
+5-digit mask; the scripts are not public, so reading the first digit as
 the input image and the next ones as the outputs of the stages in order is cnnlab's reading,
 unconfirmed. `augment.patch_shuffle_stages` is that mask: flag 0 is the input image (handled
 by the batch augmentation), flag s the output of stage s (cnnlab.models.stages); every chosen

@@ -57,7 +57,7 @@ def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
 def erased_modules(count: int, ratio: float) -> set[int]:
     """Return which of `count` modules of a stage lose their last ReLU under EraseReLU.
 
-    cnnlab's rule (METHODS §1 open items; the paper's own is unconfirmed): ratio * count
+    cnnlab's rule (the EraseReLU paper's own rule is unconfirmed): ratio * count
     rounded to the nearest whole number with halves rounded up (not Python's round(), which
     rounds halves to even: 4.5 -> 4 but 1.5 -> 2), so ratio 0.5 erases 5 of 9 modules and 2
     of 3; spread evenly, the last module always included. The ratio is read from its decimal
