@@ -5,7 +5,7 @@ so a summary can pool layers by unit count. Definitions:
 - dead ReLU channel: its output is zero at every position of every image of a probe batch;
   only `nn.ReLU` modules are seen (forward hooks), so a functional `F.relu` is not measured.
 - dead BN channel: |gamma_c| < rel * max_c |gamma_c| in that layer (Neural Rejuvenation's
-  live_thres, Qiao et al. 2019, arXiv:1812.00481; rel = 0.01); any BatchNorm or GroupNorm with a scale.
+  live_thres, Qiao et al. 2019; rel = 0.01); any BatchNorm or GroupNorm with a scale.
 - clamped binary weight: its standardised latent value lies outside ReCU's +-Q(tau).
 - frozen binary weight (see `SignFlips`): its binary sign did not change over an interval.
 """
@@ -74,7 +74,7 @@ def dead_relu_counts(model: nn.Module, batches: Iterable[torch.Tensor]) -> Count
 def dead_scale_mask(
     gamma: torch.Tensor, rel: float = 0.01, wholly_dead_below: float = 0.0
 ) -> torch.Tensor:
-    """Return which channels of one norm layer are dead by their scales (NR's rule, Qiao et al. 2019, arXiv:1812.00481).
+    """Return which channels of one norm layer are dead by their scales (Qiao et al. 2019).
 
     Channel c is dead if |gamma_c| < rel * max|gamma|; every channel is dead if max|gamma| is 0
     or below `wholly_dead_below` (NR's all_dead_thres, 1e-3 in its code; 0 for the probes).

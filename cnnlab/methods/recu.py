@@ -1,4 +1,4 @@
-"""ReCU's exponential tau schedule (Xu et al. 2021, arXiv:2103.12369) as a trainer callback.
+"""ReCU's exponential tau schedule (Xu et al. 2021) as a trainer callback.
 
 tau(e) = A * exp(e / E) + B with A = (tau_max - tau_min) / (math.e - 1) and B = tau_min - A,
 so tau(0) = tau_min and tau(E) = tau_max. As in ReCU's code, tau is set once at the start of

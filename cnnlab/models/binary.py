@@ -1,4 +1,4 @@
-"""ReCU binary convolution (Xu et al. 2021, arXiv:2103.12369): 1-bit weights and activations with a learned scale.
+"""ReCU binary convolution (Xu et al. 2021): 1-bit weights and activations with a learned scale.
 
 Forward of `BinaryConv2d` on input a with latent weight w (per output filter f):
   w1 = (w - mean_f w) * 2*sqrt(2) / sqrt(var_f(w - mean_f w) + 1e-5)   (balance + standardise)

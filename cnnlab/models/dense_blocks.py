@@ -60,7 +60,7 @@ class DenseUnit(nn.Module):
                 in_ch, growth, bottleneck, norm, post_activation, erase_last_relu, dropout
             )
         )
-        # Set by Neural Rejuvenation (Qiao et al. 2019, arXiv:1812.00481): (survivors in x, survivors in branch(x)).
+        # Set by Neural Rejuvenation (Qiao et al. 2019): (survivors in x, survivors in branch(x)).
         # Survivors and newcomers are concatenated separately, so every feature map stays
         # [all survivors, all newcomers], the layout the split convs expect.
         self.live_split: tuple[int, int] | None = None

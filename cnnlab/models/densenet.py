@@ -6,12 +6,12 @@ norm-ReLU-conv3x3 (depth = 3n+4); bottleneck units are norm-ReLU-conv1x1(4k)-nor
 floor(compression * channels). Stem: conv3x3 to 16 channels (2k with bottlenecks); head:
 norm-ReLU-pool-FC (Huang et al. 2017, Section 3, Implementation Details).
 
-`post_activation=True` builds the Neural Rejuvenation variant (Qiao et al. 2019, arXiv:1812.00481, NR
+`post_activation=True` builds the Neural Rejuvenation variant (Qiao et al. 2019, NR
 models/cifar/densenet.py): every conv is followed by its own norm and ReLU (conv-BN-ReLU, so BN's
 scale gates that conv's output channels, which NR's sparsity test needs), the stem is conv-BN-ReLU,
 transitions are conv-BN-ReLU-avgpool and the classifier sits right after the last block.
 
-EraseReLU (Dong et al. 2017, arXiv:1709.07634, cnnlab's reading): each dense unit is a module and loses its last ReLU --
+EraseReLU (Dong et al. 2017, as cnnlab reads it): each unit is a module and loses its last ReLU --
 the one before its last conv in a pre-activation unit, the one after its last norm in a
 post-activation unit -- in ratio*n units of each block (halves up, layers.erased_modules),
 spread evenly, last included.

@@ -3,7 +3,7 @@
 Structures and initialisation follow torchvision (ResNet v1.5: stride on the 3x3; projection
 shortcuts), so parameter counts match its documented `num_params`. Every head pools
 adaptively, so the same networks run at 224x224 (ImageNet) and 64x64 (Tiny ImageNet).
-EraseReLU (Dong et al. 2017, arXiv:1709.07634; cnnlab's reading where the paper is silent) removes, per module: the ReLU after
+EraseReLU (Dong et al. 2017; cnnlab's reading) removes, per module: the ReLU after
 the addition (ResNet), the last conv's ReLU before each pooling (VGG), the ReLU before the 3x3
 conv of a dense unit (DenseNet).
 """
@@ -184,7 +184,7 @@ class NRImageNetVGG(nn.Module):
     """Neural Rejuvenation's ImageNet "VGG-16": bias-free conv-BN-ReLU, global pool, one FC.
 
     Widths are multiples of `base_width` (64 in NR): 64, 64, 128, 128, 256 x4, 512 x8. BN
-    scales start at 0.5, the classifier is N(0, 0.01^2) (Qiao et al. 2019, arXiv:1812.00481).
+    scales start at 0.5, the classifier is N(0, 0.01^2) (Qiao et al. 2019).
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1000, base_width: int = 64) -> None:
@@ -232,7 +232,7 @@ class NRImageNetVGG(nn.Module):
 class ImageNetDenseNet(nn.Module):
     """DenseNet-BC for ImageNet: 7x7 stem, the CIFAR family's bottleneck units and transitions.
 
-    `post_activation=True` is Neural Rejuvenation's DenseNet (Qiao et al. 2019, arXiv:1812.00481, NR
+    `post_activation=True` is Neural Rejuvenation's DenseNet (Qiao et al. 2019, NR
     models/imagenet/densenet.py): conv-BN-ReLU units and transitions, no norm before the
     classifier, He fan-out convs and a classifier drawn from N(0, 0.01^2).
     """
@@ -322,7 +322,7 @@ register_variant(
 register_variant(
     "resnext50_32x4d_gn",
     ImageNetResNet,
-    "ImageNet ResNeXt-50 32x4d with GroupNorm (the EraseReLU paper's Group Norm row: resnext50_32_4_gn)",
+    "ImageNet ResNeXt-50 32x4d with GroupNorm (EraseReLU's GN row resnext50_32_4_gn)",
     depth=50,
     cardinality=32,
     base_width=4,

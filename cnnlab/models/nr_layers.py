@@ -1,4 +1,4 @@
-"""Layers of a rejuvenated network (Qiao et al. 2019, arXiv:1812.00481): survivors first, newcomers after.
+"""Layers of a rejuvenated network (Qiao et al. 2019): survivors first, newcomers after.
 
 After Neural Rejuvenation every conv's input and output channels are split into a survivor
 part (the first `live_in` / `live_out`) and a new part. `SplitConv2d` runs the two parts side

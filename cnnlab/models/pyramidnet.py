@@ -10,7 +10,7 @@ appended at the end. Stem conv-norm (no ReLU); head norm-ReLU-pool-FC. `stem_wid
 stem alone: hysts/pytorch_image_classification@da2bdcf models/pyramidnet.py:149-162 stems its
 bottleneck nets at 4 x 16 = 64 channels, the widening still counted from 16.
 
-EraseReLU (Dong et al. 2017, arXiv:1709.07634): PyramidNet units already end linearly (a norm, no ReLU after the
+EraseReLU (Dong et al. 2017): PyramidNet units already end linearly (a norm, no ReLU after the
 addition), so there is no final ReLU to erase. The basic unit has a single ReLU; removing it
 would make the unit a purely linear map, so `erase_relu` is refused for basic units. In a
 bottleneck unit, cnnlab's pre-activation reading applies: the ReLU before the last conv is

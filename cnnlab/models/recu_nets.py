@@ -1,4 +1,4 @@
-"""ReCU's CIFAR binary networks (Xu et al. 2021, arXiv:2103.12369): resnet20_1w1a, resnet18_1w1a, vgg_small_1w1a.
+"""ReCU's CIFAR binary networks (Xu et al. 2021): resnet20_1w1a, resnet18_1w1a, vgg_small_1w1a.
 
 Every conv but the stem is a `BinaryConv2d`; stem, BatchNorms and classifier stay full
 precision. Activations are Hardtanh. Shortcuts that downsample are parameter-free: 2x2 average

@@ -1,7 +1,7 @@
 """Post-activation CIFAR ResNet (He et al. 2016): basic and bottleneck, shortcut A or B.
 
-Block options cover the gcr block-design study (gcr/torch-residual-networks): `relu_after_add`, `bn_after_add`;
-EraseReLU (Dong et al. 2017, arXiv:1709.07634) removes the ReLU after the addition in the chosen blocks.
+Block options cover gcr/torch-residual-networks' block study: `relu_after_add`, `bn_after_add`;
+EraseReLU (Dong et al. 2017) removes the ReLU after the addition in the chosen blocks.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """CIFAR ResNeXt-29 (Xie et al. 2017) as hysts/pytorch_image_classification@da2bdcf
 models/resnext.py builds it: grouped bottlenecks, post-activation.
 
-Options: SE on the residual output before the add, and EraseReLU (Dong et al. 2017, arXiv:1709.07634), which removes
+Options: SE on the residual output before the add, and EraseReLU (Dong et al. 2017), which removes
 the ReLU after the addition in the chosen blocks, as in the post-activation ResNet.
 """
 

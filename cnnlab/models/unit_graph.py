@@ -1,6 +1,6 @@
 """How a network describes its Conv+norm units to methods that prune or widen channels (NR).
 
-A family that Neural Rejuvenation (Qiao et al. 2019, arXiv:1812.00481) can rebuild implements `DescribesUnits`: a
+A family that Neural Rejuvenation (Qiao et al. 2019) can rebuild implements `DescribesUnits`: a
 method `unit_graph()` returning a `UnitGraph`, plain data naming module paths. Methods read
 and replace modules only through those paths, never through a family's attributes, so a
 family changes its internals freely as long as its graph stays true. A family that cannot be

@@ -4,7 +4,7 @@ A layout is a sequence of conv widths with "M" for a 2x2 max pool. `vgg15_bn` is
 VGG-like net (hysts/pytorch_image_classification@da2bdcf configs/vgg.json: widths 64..512,
 layers 2,2,3,3,3); the `_cifar` VGG-16/19 follow pytorch-classification / pytorch-cifar
 (configs D/E, then one FC on the 512 features).
-`vgg19_nr` is Neural Rejuvenation's CIFAR VGG-19 (Qiao et al. 2019, arXiv:1812.00481): no FC stack, only two pools,
+`vgg19_nr` is Neural Rejuvenation's CIFAR VGG-19 (Qiao et al. 2019): no FC stack, only two pools,
 bias-free convs, norm scale initialised to 0.5 and a classifier initialised N(0, 0.01^2).
 
 Max pools use ceil_mode so that five of them still leave a 1x1 map from 28x28 inputs (32x32
@@ -14,7 +14,7 @@ inputs are unaffected), and the head pools adaptively, so 28x28 and 32x32 inputs
 hysts/pytorch_image_classification@da2bdcf models/vgg.py:51-76 builds, whose _make_stage adds
 every ReLU under the one name 'relu', so each add after the first replaces it in place.
 
-EraseReLU (Dong et al. 2017, arXiv:1709.07634, cnnlab's reading): each group of convs ending at a pool (or at the head)
+EraseReLU (Dong 2017, cnnlab's reading): each group of convs ending at a pool (or at the head)
 is a module; the ReLU of its last conv is removed in ratio*N (halves up) of the N groups, spread
 evenly, the last group always included.
 """

@@ -1,9 +1,9 @@
-"""Wide residual networks WRN-d-k for CIFAR (Zagoruyko & Komodakis 2016), as in hysts/pytorch_image_classification.
+"""Wide residual networks WRN-d-k for CIFAR (Zagoruyko & Komodakis 2016).
 
 Pre-activation basic units at widths 16k, 32k, 64k after a 16-channel stem, (d-4)/6 units per
 stage. Where a unit changes width, norm-ReLU(x) feeds both the residual path and the strided 1x1
 shortcut conv; elsewhere the shortcut sees raw x. Optional dropout (`dropout_position`, see
-WideBlock). EraseReLU (Dong et al. 2017, arXiv:1709.07634) removes the unit's last ReLU, the one before its second conv,
+WideBlock). EraseReLU (Dong 2017) removes the unit's last ReLU, the one before its second conv,
 in ratio*N units per stage (halves up, layers.erased_modules; cnnlab's reading).
 """
 

@@ -1,4 +1,4 @@
-"""Neural Rejuvenation (Qiao et al. 2019, arXiv:1812.00481): sparsify BN scales, measure utilisation, rebuild, retrain.
+"""Neural Rejuvenation (Qiao et al. 2019): sparsify BN scales, measure, rebuild, retrain.
 
 A network that NR supports describes itself as a graph of Conv+BN *units*
 (`cnnlab.models.unit_graph`): each unit names the units whose outputs, concatenated in that

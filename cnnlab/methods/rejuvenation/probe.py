@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class NRUtilisation(Probe):
-    """Neural Rejuvenation's parameter utilisation (Qiao et al. 2019, arXiv:1812.00481), where it is defined.
+    """Neural Rejuvenation's parameter utilisation (Qiao et al. 2019), where it is defined.
 
     Per layer: the share of each Conv+BN unit's output channels that are live; summary: the
     share of conv weights whose input and output channels are both live. Only the networks

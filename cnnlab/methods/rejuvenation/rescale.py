@@ -1,4 +1,4 @@
-"""Neural rescaling (Qiao et al. 2019, arXiv:1812.00481, NR's `--nr-bn-target`, official `bn_restore`).
+"""Neural rescaling (Qiao et al. 2019, NR's `--nr-bn-target`, official `bn_restore`).
 
 As the official `nr.Conv2d.bn_restore`: every conv multiplies its input channels by b / t,
 where b is min(|gamma|, t) of the non-fixed unit producing that channel and 1 for the image

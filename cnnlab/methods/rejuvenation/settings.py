@@ -10,7 +10,7 @@ from cnnlab.config import Section
 
 
 class NRSettings(Section):
-    """Neural Rejuvenation (Qiao et al. 2019, arXiv:1812.00481), config section `nr`; `nr.enabled=true` turns it on."""
+    """Neural Rejuvenation (Qiao et al. 2019), config section `nr`; `nr.enabled=true` is on."""
 
     enabled: bool = False
     # lambda of the L1 subgradient on BN scales; the start value under the adaptive schedule.
@@ -24,5 +24,5 @@ class NRSettings(Section):
     mode: Literal["separate", "cross_attention"] = "separate"
     flops: bool = False
     compress_only: bool = False
-    # Neural rescaling (Qiao et al. 2019, arXiv:1812.00481) once, before the first epoch after the rebuild.
+    # Neural rescaling (Qiao et al. 2019) once, before the first epoch after the rebuild.
     bn_target: float | None = Field(None, gt=0)

@@ -1,4 +1,4 @@
-"""The rebuild (Qiao et al. 2019, arXiv:1812.00481): drop dead channels, widen every unit, copy survivors.
+"""The rebuild (Qiao et al. 2019): drop dead channels, widen every unit, copy survivors.
 
 `rejuvenate` turns a utilisation report into a *plan* (plain data: widths and splits per unit)
 and applies it; `apply_architecture` replays a plan on a freshly built network, which is how

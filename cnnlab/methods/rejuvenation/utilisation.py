@@ -1,4 +1,4 @@
-"""NR's utilisation (Qiao et al. 2019, arXiv:1812.00481): live channels per unit, share of live conv weights.
+"""NR's utilisation (Qiao et al. 2019): live channels per unit, share of live conv weights.
 
 Follows the official `nr.Conv2d.inspect` (models/nr_modules/nrlayers.py): a unit's channel is
 dead by `analysis.dead.dead_scale_mask`; the unit is wholly dead when none of its inputs is live
