@@ -125,11 +125,24 @@ def ledger_rows() -> list[dict[str, Any]]:
                 "params": measured_params(path),
                 "paper_params": kept["paper_params"],
                 **protocol_of(path),
+                # What was checked against the official source (each setting with its
+                # repository@commit file:line in the recipe) and what the sources did not settle.
+                "verified": sorted(ref.settings),
+                "unconfirmed": list(ref.unconfirmed),
                 "status": kept["status"] or "not run on this hardware",
                 "evidence": kept["evidence"],
             }
         )
     return rows
+
+
+def _verification(row: dict[str, Any]) -> str:
+    if row["protocol"].startswith("unverified"):
+        return "unverified: no official source could be read"
+    return (
+        f"{len(row['verified'])} settings traced to {row['source'].split(' ')[0]} "
+        f"(file:line in the recipe); {len(row['unconfirmed'])} unconfirmed"
+    )
 
 
 def _keys(values: dict[str, Any]) -> str:
@@ -159,8 +172,9 @@ def render_page(rows: list[dict[str, Any]]) -> str:
         "Status counts: " + "; ".join(f"{s}: {n}" for s, n in counts.items()) + ".",
         "",
         "| recipe | row | ref. error % | network | params (cnnlab / paper) | optimizer | schedule "
-        "| epochs / batch | train / test transform | protocol | status | evidence |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| epochs / batch | train / test transform | protocol | verified against the source "
+        "| status | evidence |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         net = r["network"]
@@ -181,6 +195,7 @@ def render_page(rows: list[dict[str, Any]]) -> str:
             f"{r['epochs']} / {r['batch']}",
             f"{_keys(r['train_transform'])} / {_keys(r['test_transform']) or 'as is'}",
             f"{r['protocol']} [{r['selection']}]",
+            _verification(r),
             r["status"],
             r["evidence"] or "–",
         ]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnlab.config import RECIPES_DIR
+from cnnlab.config import RECIPES_DIR, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 LEDGER = yaml.safe_load((ROOT / "docs" / "reproduction.yaml").read_text())["rows"]
@@ -47,6 +47,10 @@ def test_recipe_matches_its_ledger_row(recipe):
                 "test_transform", "loader"):  # fmt: skip
         assert expected[key] == row[key], f"{recipe}: {key} differs from docs/reproduction.yaml"
     assert ledger.measured_params(path) == row["params"]
+    ref = load_config(path).reference
+    assert row["verified"] == sorted(ref.settings) and row["unconfirmed"] == list(ref.unconfirmed)
+    if not row["protocol"].startswith("unverified"):
+        assert row["verified"], f"{recipe}: no setting is traced to its source"
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
