@@ -28,10 +28,8 @@ import torch
 from torch import nn
 
 from cnnlab.models.binary import BinaryConv2d
-from cnnlab.models.recu_nets import _DoubleShortcutBlock
+from cnnlab.models.recu_nets import DoubleShortcutBlock
 from cnnlab.registry import register_variant
-
-WIDTHS = (64, 128, 256, 512)
 
 
 def _projection(in_ch: int, out_ch: int, stride: int, pool: bool) -> nn.Module:
@@ -48,7 +46,7 @@ def _projection(in_ch: int, out_ch: int, stride: int, pool: bool) -> nn.Module:
                          nn.BatchNorm2d(out_ch))  # fmt: skip
 
 
-class _ProjectedBlock(_DoubleShortcutBlock):
+class _ProjectedBlock(DoubleShortcutBlock):
     """ReCU's ImageNet basic block: the CIFAR ResNet-20 wiring with a 1x1-conv projection."""
 
     def __init__(self, in_ch: int, planes: int, stride: int) -> None:
@@ -56,25 +54,28 @@ class _ProjectedBlock(_DoubleShortcutBlock):
         self.shortcut = _projection(in_ch, planes, stride, pool=False)
 
 
-def _stem(in_channels: int, activation: bool) -> nn.Sequential:
+def _stem(in_channels: int, width: int, activation: bool) -> nn.Sequential:
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, WIDTHS[0], 7, stride=2, padding=3, bias=False),
-        nn.BatchNorm2d(WIDTHS[0]),
+        nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(width),
     ]
     if activation:
         layers.append(nn.Hardtanh())
     return nn.Sequential(*layers, nn.MaxPool2d(3, stride=2, padding=1))
 
 
-def _stages(block: type[nn.Module], blocks: Sequence[int]) -> nn.Sequential:
+def _stages(block: type[nn.Module], blocks: Sequence[int], width: int) -> nn.Sequential:
+    """Four stages of blocks[s] blocks, width * 2^s channels, stride 2 entering stages 2-4."""
     if len(blocks) != 4 or min(blocks) < 1:
         raise ValueError(f"blocks must be 4 positive counts, got {list(blocks)}")
+    if width < 1:
+        raise ValueError(f"base_width must be positive, got {width}")
     layers: list[nn.Module] = []
-    ch = WIDTHS[0]
+    ch = width
     for stage, count in enumerate(blocks):
         for i in range(count):
-            layers.append(block(ch, WIDTHS[stage], 2 if stage and not i else 1))
-            ch = WIDTHS[stage]
+            layers.append(block(ch, width * 2**stage, 2 if stage and not i else 1))
+            ch = width * 2**stage
     return nn.Sequential(*layers)
 
 
@@ -84,13 +85,18 @@ class ReCUImageNetResNet(nn.Module):
     binary = True
 
     def __init__(
-        self, blocks: Sequence[int] = (2, 2, 2, 2), in_channels: int = 3, num_classes: int = 1000
+        self,
+        blocks: Sequence[int] = (2, 2, 2, 2),
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
-        self.stem = _stem(in_channels, activation=True)
-        self.stages = _stages(_ProjectedBlock, blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(WIDTHS[-1]))
-        self.fc = nn.Linear(WIDTHS[-1], num_classes)
+        out = base_width * 8
+        self.stem = _stem(in_channels, base_width, activation=True)
+        self.stages = _stages(_ProjectedBlock, blocks, base_width)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(out))
+        self.fc = nn.Linear(out, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
@@ -140,13 +146,17 @@ class ReCUTwoStageResNet(nn.Module):
     binary = True
 
     def __init__(
-        self, blocks: Sequence[int] = (4, 4, 4, 4), in_channels: int = 3, num_classes: int = 1000
+        self,
+        blocks: Sequence[int] = (4, 4, 4, 4),
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
-        self.stem = _stem(in_channels, activation=False)
-        self.stages = _stages(_ShiftedBlock, blocks)
+        self.stem = _stem(in_channels, base_width, activation=False)
+        self.stages = _stages(_ShiftedBlock, blocks, base_width)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(WIDTHS[-1], num_classes)
+        self.fc = nn.Linear(base_width * 8, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits."""
