@@ -29,12 +29,19 @@ LEDGER = DOCS / "reproduction.yaml"
 PAGE = DOCS / "reproduction.md"
 STATUSES = ("reproduced at full length", "short run only", "not run on this hardware")
 KEPT = ("paper_params", "status", "evidence")
+# Recipe folders of ImageNet-scale datasets: their rows come last, in a section of their own.
+LARGE_SCALE = ("imagenet", "mini_imagenet")
+
+
+def _large_scale(path: Path) -> bool:
+    return path.parent.name in LARGE_SCALE
 
 
 def reference_recipes() -> list[Path]:
-    """Return every recipe with a reference block (the rows the ledger covers), sorted."""
+    """Return every recipe with a reference block (the rows the ledger covers), sorted, the
+    ImageNet-scale ones last."""
     found = []
-    for path in sorted(RECIPES_DIR.rglob("*.yaml")):
+    for path in sorted(RECIPES_DIR.rglob("*.yaml"), key=lambda p: (_large_scale(p), p)):
         if load_config(path).reference is not None:
             found.append(path)
     return found
@@ -162,7 +169,18 @@ def render_page(rows: list[dict[str, Any]]) -> str:
         "| epochs / batch | train / test transform | protocol | status | evidence |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    header = lines[-2:]
     for r in rows:
+        if _large_scale(Path(r["recipe"])) and header:
+            lines += [
+                "",
+                "## ImageNet-scale rows",
+                "",
+                "Image-folder datasets (`data.name=imagenet`, `mini_imagenet`; docs/imagenet.md).",
+                "",
+                *header,
+            ]
+            header = []
         net = r["network"]
         options = ", ".join(f"{k}={v}" for k, v in net.items() if k != "model")
         network = net["model"] + (f" ({options})" if options else "")

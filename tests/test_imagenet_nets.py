@@ -1,9 +1,10 @@
 """The ImageNet networks of the published rows: pinned parameter counts, and outputs equal to the
 official model code's with the same weights where that code is at hand.
 
-The equivalence tests import the authors' files from a checkout named by an environment variable
-(CNNLAB_RECU_SOURCE: a z-hXu/ReCU checkout, 9a73bed), so the suite needs no copy of them; they
-are skipped without it.
+The equivalence tests import the authors' files from checkouts named by environment variables
+(CNNLAB_RECU_SOURCE: z-hXu/ReCU at 9a73bed; CNNLAB_NR_SOURCE:
+joe-siyuan-qiao/NeuralRejuvenation-CVPR19 at 8f1f2aa), so the suite needs no copy of them; they
+are skipped without them.
 """
 
 from __future__ import annotations
@@ -140,3 +141,55 @@ def test_recu_imagenet_nets_equal_the_official_code(folder, arch, name):
         official.train(training)
         ours.train(training)
         assert torch.allclose(ours(x), official(x), atol=1e-5, rtol=1e-4)
+
+
+needs_nr = pytest.mark.skipif(
+    "CNNLAB_NR_SOURCE" not in os.environ,
+    reason="set CNNLAB_NR_SOURCE to a NeuralRejuvenation-CVPR19 checkout",
+)
+NR_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _official_nr(module: str, arch: str) -> torch.nn.Module:
+    """Build NR's `arch` from `<source>/models/imagenet/<module>.py` (package `models`)."""
+    sys.path.insert(0, os.environ["CNNLAB_NR_SOURCE"])
+    try:
+        return getattr(importlib.import_module(f"models.imagenet.{module}"), arch)()
+    finally:
+        sys.path.pop(0)
+        for key in [k for k in sys.modules if k == "models" or k.startswith("models.")]:
+            del sys.modules[key]
+
+
+@needs_nr
+@pytest.mark.parametrize(
+    ("module", "arch", "name"),
+    [
+        ("resnet", "resnet18_nr", "resnet18_nr"),
+        ("resnet", "resnet50_nr", "resnet50_nr"),
+        ("vgg", "vgg_nr", "vgg16_nr"),
+        ("densenet", "densenet121_nr", "densenet121_nr"),
+    ],
+)
+def test_nr_imagenet_nets_equal_the_official_code(module, arch, name):
+    torch.manual_seed(0)
+    official, ours = _official_nr(module, arch), build_model(name)
+    assert sum(p.numel() for p in official.parameters()) == n_params(name)
+    for m in official.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+    # NR's units carry bookkeeping buffers (live masks, sizes); the weights and BN state come in
+    # the same order as cnnlab's, the 1x1-conv classifier as a linear map.
+    theirs = [v for k, v in official.state_dict().items() if k.rsplit(".", 1)[-1] in NR_STATE]
+    mine = ours.state_dict()
+    copied = {k: v.reshape(w.shape) for (k, w), v in zip(mine.items(), theirs, strict=True)}
+    ours.load_state_dict(copied)
+    x = torch.randn(2, 3, 64, 64)
+    for training in (True, False):
+        official.train(training)
+        ours.train(training)
+        # NR applies its classifier before the global average pool (imagenet.py:361-362).
+        expected = official(x).mean(dim=(-2, -1)).flatten(1)
+        # float32 rounding relative to the logits' scale (DenseNet's reach 1e4 with random BN)
+        assert (ours(x) - expected).abs().max() <= 1e-5 * expected.abs().max()
