@@ -9,10 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cnnlab.config import RECIPES_DIR, load_config
 from cnnlab.data.folder import load_folder_splits
-from cnnlab.data.folder_loader import ImageView, decode_view, lighting_noise
+from cnnlab.data.folder_loader import (
+    FolderImages,
+    ImageView,
+    PathTable,
+    decode_view,
+    lighting_noise,
+)
 from cnnlab.data.pipeline import steps_per_epoch
 from cnnlab.errors import UserError
 from tests.folder_helpers import make_imagenet_folder
@@ -66,10 +73,32 @@ def test_a_named_folder_dataset_without_root_names_the_layout():
         load_folder_splits(cfg.data)
 
 
-def test_mini_imagenet_counts_its_held_out_fraction_without_the_images():
+def test_mini_imagenet_counts_its_held_out_fraction_without_the_images(tmp_path):
     cfg = load_config(None, ["data.name=mini_imagenet", "data.test_fraction=0.1667",
                              "train.batch_size=100"])  # fmt: skip
     assert steps_per_epoch(cfg) == 500  # 100 classes x (600 - 100)
+    # With its root, the name reads Ravi & Larochelle's CSV split (images/ + CSV files).
+    (tmp_path / "images").mkdir()
+    rows = []
+    for wnid in ("n01532829", "n01558993"):
+        for i in range(6):
+            Image.new("RGB", (84, 84)).save(tmp_path / "images" / f"{wnid}{i:08d}.jpg")
+            rows.append(f"{wnid}{i:08d}.jpg,{wnid}")
+    (tmp_path / "train.csv").write_text("filename,label\n" + "\n".join(rows) + "\n")
+    data = cfg.data.model_copy(update={"root": str(tmp_path)})
+    splits = load_folder_splits(data)
+    assert splits.classes == ("n01532829", "n01558993") and len(splits.test) == 2
+
+
+def test_training_views_repeat_for_the_same_seed_epoch_and_image(imagenet_root):
+    # The crop and the lighting noise come from (seed, epoch, index): a resumed epoch or another
+    # worker decodes the same pixels; the next epoch draws new ones.
+    paths = [str(p) for p in sorted((imagenet_root / "train").rglob("*.JPEG"))]
+    view = ImageView(32, 32, random_crop=True, crop_scale=(0.08, 1.25), lighting_std=0.1)
+    images = FolderImages(PathTable(paths), np.zeros(len(paths), np.int64), view, seed=3)
+    first = images[(2, 5)][0]
+    assert torch.equal(first, FolderImages(images.paths, images.labels, view, 3)[(2, 5)][0])
+    assert not torch.equal(first, images[(2, 6)][0])
 
 
 def test_lighting_noise_shifts_each_channel_as_recus_loader_does():
