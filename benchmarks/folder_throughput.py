@@ -2,7 +2,7 @@
 device-side steps (flip, normalise), with no model. Generates its own folder of JPEGs first.
 
     python benchmarks/folder_throughput.py [--images 1000] [--workers 1 2 4] [--size 224]
-        [--width 500 --height 375] [--keep DIR]
+        [--width 500 --height 375] [--keep DIR] [--set data.lighting_std=0.1 ...]
 
 One line per worker count, on the same generated folder.
 
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=500)
     ap.add_argument("--height", type=int, default=375)
     ap.add_argument("--keep", type=Path, help="generate into (or reuse) this folder")
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. a recipe's view")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,6 +77,7 @@ def main() -> None:
             cfg = load_config(None, [
                 "data.name=folder", f"data.root={root}", f"data.image_size={args.size}",
                 f"data.workers={workers}", "train.batch_size=64", "train.eval_batch_size=64",
+                *args.set,
             ])  # fmt: skip
             data = build_data(cfg, torch.device("cpu"))
             train, test = rate(data.train), rate(data.test)
