@@ -67,6 +67,24 @@ def _changed(section: BaseModel) -> dict[str, Any]:
     return {k: v for k, v in section.model_dump(mode="json").items() if v != default[k]}
 
 
+def _transforms(cfg: Any) -> dict[str, dict[str, Any]]:
+    """Return the train and test transforms: the crop and flip always (their defaults are a
+    choice too), then every other change; an image folder's crops are its data.* view."""
+    train = {"crop_padding": cfg.augment.crop_padding, "flip": cfg.augment.flip}
+    train |= _changed(cfg.augment)
+    test = _changed(cfg.eval)
+    d = cfg.data
+    if d.is_image_folder() and d.train_crop == "random_resized":
+        # The random resized crop replaces the padded crop (data/pipeline.py, _build_folder).
+        train.pop("crop_padding")
+        view = {"random_resized_crop": d.image_size, "crop_scale": list(d.crop_scale)}
+        if d.lighting_std:
+            view["lighting_std"] = d.lighting_std
+        train = view | train
+        test = {"resize": d.eval_resize, "centre_crop": d.image_size} | test
+    return {"train_transform": train, "test_transform": test}
+
+
 def protocol_of(path: Path) -> dict[str, Any]:
     """Return the recipe's training protocol as the ledger states it."""
     cfg = load_config(path)
@@ -96,13 +114,7 @@ def protocol_of(path: Path) -> dict[str, Any]:
         "schedule": schedule,
         "epochs": cfg.train.epochs,
         "batch": cfg.train.batch_size,
-        # The crop and flip always (their defaults are a choice too), then every other change.
-        "train_transform": {
-            "crop_padding": cfg.augment.crop_padding,
-            "flip": cfg.augment.flip,
-            **_changed(cfg.augment),
-        },
-        "test_transform": _changed(cfg.eval),
+        **_transforms(cfg),
         # Normalisation constants, held-out images, ragged batches and sampling, where set.
         "loader": {
             **{k: v for k, v in _changed(cfg.data).items() if k not in ("name", "root")},
