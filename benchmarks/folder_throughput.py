@@ -54,6 +54,15 @@ def rate(loader: object, epochs: int = 2) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def cpu_rate(dataset: object, count: int = 200) -> float:
+    """Images decoded and cropped per CPU-second of this process (one core's capacity, which
+    other jobs on a shared machine do not lower the way they lower wall-clock rates)."""
+    start = time.process_time()
+    for i in range(count):
+        dataset[(i % len(dataset), 1)]
+    return count / (time.process_time() - start)
+
+
 def main() -> None:
     """Generate the folder and print train and eval images/s."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -80,6 +89,10 @@ def main() -> None:
                 *args.set,
             ])  # fmt: skip
             data = build_data(cfg, torch.device("cpu"))
+            if workers == args.workers[0]:
+                train, test = cpu_rate(data.train.dataset), cpu_rate(data.test.dataset)
+                print(f"per core: train view {train:.0f}, eval view {test:.0f} images per "
+                      "CPU-second", flush=True)  # fmt: skip
             train, test = rate(data.train), rate(data.test)
             print(f"workers={workers} size={args.size}: train (random resized crop + flip) "
                   f"{train:.0f} images/s, eval (resize {round(args.size / 0.875)} + centre "
