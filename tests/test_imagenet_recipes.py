@@ -44,8 +44,9 @@ def _smoke_overrides(recipe: Path, root: Path) -> list[str]:
     ]  # fmt: skip
     if cfg.schedule.milestones:
         extra.append("schedule.milestones=[1]")
-    if cfg.schedule.warmup_epochs:
-        extra.append("schedule.warmup_epochs=0.5")
+    if cfg.schedule.warmup_epochs:  # the schedule's shape in one epoch: no warm-up, decay over it
+        extra += ["schedule.warmup_epochs=0", "schedule.decay_start_epoch=0",
+                  "schedule.decay_epochs=1"]  # fmt: skip
     return extra
 
 
