@@ -1,8 +1,10 @@
 """Images/s of the image-folder loader: decode + crop in DataLoader workers, then the batched
 device-side steps (flip, normalise), with no model. Generates its own folder of JPEGs first.
 
-    python benchmarks/folder_throughput.py [--images 1000] [--workers 2] [--size 224]
-        [--width 500 --height 375] [--keep DIR]
+    python benchmarks/folder_throughput.py [--images 1000] [--workers 1 2 4] [--size 224]
+        [--width 500 --height 375] [--keep DIR] [--set data.lighting_std=0.1 ...]
+
+One line per worker count, on the same generated folder.
 
 The default photos are 500x375, the typical ImageNet size; they are noise plus gradients, so
 they compress like photos rather than like flat colour.
@@ -52,15 +54,25 @@ def rate(loader: object, epochs: int = 2) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def cpu_rate(dataset: object, count: int = 200) -> float:
+    """Images decoded and cropped per CPU-second of this process (one core's capacity, which
+    other jobs on a shared machine do not lower the way they lower wall-clock rates)."""
+    start = time.process_time()
+    for i in range(count):
+        dataset[(i % len(dataset), 1)]
+    return count / (time.process_time() - start)
+
+
 def main() -> None:
     """Generate the folder and print train and eval images/s."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, nargs="+", default=[2])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--width", type=int, default=500)
     ap.add_argument("--height", type=int, default=375)
     ap.add_argument("--keep", type=Path, help="generate into (or reuse) this folder")
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. a recipe's view")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,15 +82,21 @@ def main() -> None:
             make_folder(root, args.images, args.width, args.height)
             print(f"generated {args.images} {args.width}x{args.height} JPEGs in "
                   f"{time.perf_counter() - start:.0f}s")  # fmt: skip
-        cfg = load_config(None, [
-            "data.name=folder", f"data.root={root}", f"data.image_size={args.size}",
-            f"data.workers={args.workers}", "train.batch_size=64", "train.eval_batch_size=64",
-        ])  # fmt: skip
-        data = build_data(cfg, torch.device("cpu"))
-        train, test = rate(data.train), rate(data.test)
-        print(f"workers={args.workers} size={args.size}: train (random resized crop + flip) "
-              f"{train:.0f} images/s, eval (resize {round(args.size / 0.875)} + centre crop) "
-              f"{test:.0f} images/s")  # fmt: skip
+        for workers in args.workers:
+            cfg = load_config(None, [
+                "data.name=folder", f"data.root={root}", f"data.image_size={args.size}",
+                f"data.workers={workers}", "train.batch_size=64", "train.eval_batch_size=64",
+                *args.set,
+            ])  # fmt: skip
+            data = build_data(cfg, torch.device("cpu"))
+            if workers == args.workers[0]:
+                train, test = cpu_rate(data.train.dataset), cpu_rate(data.test.dataset)
+                print(f"per core: train view {train:.0f}, eval view {test:.0f} images per "
+                      "CPU-second", flush=True)  # fmt: skip
+            train, test = rate(data.train), rate(data.test)
+            print(f"workers={workers} size={args.size}: train (random resized crop + flip) "
+                  f"{train:.0f} images/s, eval (resize {round(args.size / 0.875)} + centre "
+                  f"crop) {test:.0f} images/s", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

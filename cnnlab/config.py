@@ -52,8 +52,9 @@ class ModelConfig(BaseModel):
 class DataConfig(_Section):
     """Which dataset, where it lives, and how much of it to use.
 
-    `name=folder` reads a class-per-subfolder image tree under `root` (data/folder.py); the
-    keys after `split_seed` apply to image folders only, except `mean`/`std`.
+    `name=folder` reads a class-per-subfolder image tree under `root` (data/folder.py), as do
+    the named folder datasets `imagenet` and `mini_imagenet`; the keys after `split_seed`
+    apply to image folders only, except `mean`/`std`.
     """
 
     name: str = "fashion_mnist"  # a registered dataset (cnnlab.datasets.names()) or folder
@@ -80,13 +81,19 @@ class DataConfig(_Section):
     workers: int = Field(2, ge=0)
     bad_images: Literal["fail", "skip"] = "fail"
     decoder: Literal["pil", "torchvision"] = "pil"
+    # AlexNet-style PCA lighting noise on each training crop, as ReCU's Lighting(0.1) applies it
+    # (z-hXu/ReCU@9a73bed imagenet/dataset/imagenet.py:22-46): added to the 0-255 pixels, then
+    # clipped and truncated to uint8. 0 = off.
+    lighting_std: float = Field(0.0, ge=0)
 
     @field_validator("crop_scale")
     @classmethod
     def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        # An area above 1 is allowed, as torchvision's RandomResizedCrop allows it (ReCU draws
+        # from [0.08, 1.25]): such draws do not fit and count as failed attempts.
         low, high = value
-        if not 0 < low <= high <= 1:
-            raise ValueError(f"needs 0 < low <= high <= 1, got [{low}, {high}]")
+        if not 0 < low <= high:
+            raise ValueError(f"needs 0 < low <= high, got [{low}, {high}]")
         return value
 
     @field_validator("name")
@@ -105,9 +112,13 @@ class DataConfig(_Section):
             raise ValueError(
                 f"data.mean has {len(self.mean)} values but data.std has {len(self.std)}"
             )
-        if self.name == "folder":
-            if not self.root:
+        if self.is_image_folder():
+            # A named image-folder dataset (imagenet, mini_imagenet) is checked for its root
+            # when it is read, so its recipes load and build without the images.
+            if self.name == "folder" and not self.root:
                 raise ValueError("data.name=folder needs data.root=DIR (the image folder)")
+            if self.lighting_std and self.color == "gray":
+                raise ValueError("data.lighting_std needs colour images (data.color=rgb)")
             return self
         # A folder-only key changed for an in-memory set would silently do nothing.
         for key in FOLDER_ONLY_KEYS:
@@ -115,10 +126,15 @@ class DataConfig(_Section):
                 raise ValueError(f"data.{key} applies only to data.name=folder")
         return self
 
+    def is_image_folder(self) -> bool:
+        """Return whether the dataset streams from an image folder (folder, imagenet, ...)
+        rather than being read into memory: its registry entry has no reader."""
+        return DATASETS.get(self.name).read is None
+
 
 FOLDER_ONLY_KEYS = (
     "train_dir", "test_dir", "test_fraction", "image_size", "eval_resize", "train_crop",
-    "crop_scale", "color", "workers", "bad_images", "decoder",
+    "crop_scale", "color", "workers", "bad_images", "decoder", "lighting_std",
 )  # fmt: skip
 
 

@@ -29,12 +29,19 @@ LEDGER = DOCS / "reproduction.yaml"
 PAGE = DOCS / "reproduction.md"
 STATUSES = ("reproduced at full length", "short run only", "not run on this hardware")
 KEPT = ("paper_params", "status", "evidence")
+# Recipe folders of ImageNet-scale datasets: their rows come last, in a section of their own.
+LARGE_SCALE = ("imagenet", "mini_imagenet")
+
+
+def _large_scale(path: Path) -> bool:
+    return path.parent.name in LARGE_SCALE
 
 
 def reference_recipes() -> list[Path]:
-    """Return every recipe with a reference block (the rows the ledger covers), sorted."""
+    """Return every recipe with a reference block (the rows the ledger covers), sorted, the
+    ImageNet-scale ones last."""
     found = []
-    for path in sorted(RECIPES_DIR.rglob("*.yaml")):
+    for path in sorted(RECIPES_DIR.rglob("*.yaml"), key=lambda p: (_large_scale(p), p)):
         if load_config(path).reference is not None:
             found.append(path)
     return found
@@ -58,6 +65,24 @@ def _changed(section: BaseModel) -> dict[str, Any]:
     """Return the keys of a config section that differ from that section's defaults."""
     default = type(section)().model_dump(mode="json")
     return {k: v for k, v in section.model_dump(mode="json").items() if v != default[k]}
+
+
+def _transforms(cfg: Any) -> dict[str, dict[str, Any]]:
+    """Return the train and test transforms: the crop and flip always (their defaults are a
+    choice too), then every other change; an image folder's crops are its data.* view."""
+    train = {"crop_padding": cfg.augment.crop_padding, "flip": cfg.augment.flip}
+    train |= _changed(cfg.augment)
+    test = _changed(cfg.eval)
+    d = cfg.data
+    if d.is_image_folder() and d.train_crop == "random_resized":
+        # The random resized crop replaces the padded crop (data/pipeline.py, _build_folder).
+        train.pop("crop_padding")
+        view = {"random_resized_crop": d.image_size, "crop_scale": list(d.crop_scale)}
+        if d.lighting_std:
+            view["lighting_std"] = d.lighting_std
+        train = view | train
+        test = {"resize": d.eval_resize, "centre_crop": d.image_size} | test
+    return {"train_transform": train, "test_transform": test}
 
 
 def protocol_of(path: Path) -> dict[str, Any]:
@@ -89,13 +114,7 @@ def protocol_of(path: Path) -> dict[str, Any]:
         "schedule": schedule,
         "epochs": cfg.train.epochs,
         "batch": cfg.train.batch_size,
-        # The crop and flip always (their defaults are a choice too), then every other change.
-        "train_transform": {
-            "crop_padding": cfg.augment.crop_padding,
-            "flip": cfg.augment.flip,
-            **_changed(cfg.augment),
-        },
-        "test_transform": _changed(cfg.eval),
+        **_transforms(cfg),
         # Normalisation constants, held-out images, ragged batches and sampling, where set.
         "loader": {
             **{k: v for k, v in _changed(cfg.data).items() if k not in ("name", "root")},
@@ -176,7 +195,18 @@ def render_page(rows: list[dict[str, Any]]) -> str:
         "| status | evidence |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    header = lines[-2:]
     for r in rows:
+        if _large_scale(Path(r["recipe"])) and header:
+            lines += [
+                "",
+                "## ImageNet-scale rows",
+                "",
+                "Image-folder datasets (`data.name=imagenet`, `mini_imagenet`; docs/imagenet.md).",
+                "",
+                *header,
+            ]
+            header = []
         net = r["network"]
         options = ", ".join(f"{k}={v}" for k, v in net.items() if k != "model")
         network = net["model"] + (f" ({options})" if options else "")

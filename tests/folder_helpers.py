@@ -47,3 +47,22 @@ def make_image_folder(
     if corrupt:
         (root / "train" / "red" / CORRUPT).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return root
+
+
+def make_imagenet_folder(root: Path, per_class: int = 4, val_per_class: int = 1) -> Path:
+    """Write ILSVRC-2012's layout in miniature: root/train/<wnid>/<wnid>_<n>.JPEG and
+    root/val/<wnid>/ILSVRC2012_val_<8 digits>.JPEG (the val folder as `cnnlab data
+    prepare-imagenet-val` arranges it), three classes of small, odd-sized JPEGs; return root."""
+    rng = np.random.default_rng(1)
+    number = 0
+    for wnid, colour in zip(("n01440764", "n01443537", "n01484850"), COLOURS.values()):
+        for split, count in (("train", per_class), ("val", val_per_class)):
+            folder = root / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                number += 1
+                name = (
+                    f"{wnid}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{number:08d}.JPEG"
+                )
+                _picture(colour, rng).save(folder / name, format="JPEG", quality=90)
+    return root

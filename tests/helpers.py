@@ -173,10 +173,13 @@ SHRINK = {
     "ReCUResNet18": lambda kw: {"base_width": 4, "blocks": (1, 1, 1, 1)},
     "ReCUVGGSmall": lambda kw: {"width": 4},
     "NRImageNetVGG": lambda kw: {"base_width": 4},
+    "ReCUImageNetResNet": lambda kw: {"base_width": 4, "blocks": (1, 1, 1, 1)},
+    "ReCUTwoStageResNet": lambda kw: {"base_width": 4, "blocks": (1, 1, 1, 1)},
     "SpeedNet": lambda kw: {"widths": (4, 8, 8, 16)},
     "Airbench94": lambda kw: {"width": 4},
 }
-IMAGENET_FAMILIES = ("ImageNetResNet", "ImageNetDenseNet", "ImageNetVGG", "NRImageNetVGG")
+IMAGENET_FAMILIES = ("ImageNetResNet", "ImageNetDenseNet", "ImageNetVGG", "NRImageNetVGG",
+                     "ReCUImageNetResNet", "ReCUTwoStageResNet")  # fmt: skip
 
 
 def small_model(name: str, in_channels: int, num_classes: int) -> torch.nn.Module:

@@ -30,6 +30,8 @@ SMOKE_ONLY = {
     "resnet20_1w1a": _BINARY,
     "resnet18_1w1a": _BINARY,
     "vgg_small_1w1a": _BINARY,
+    "resnet18_1w1a_imagenet": _BINARY,
+    "resnet18_1w1a_two_stage": _BINARY,
 }
 
 

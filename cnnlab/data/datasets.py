@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from cnnlab.data.sources import DATASETS as BUILTIN_INFO
-from cnnlab.data.sources import TRAIN_IMAGES, ArrayDataset, DatasetInfo, load_split
+from cnnlab.data.sources import (
+    FOLDER_TRAIN_IMAGES,
+    TRAIN_IMAGES,
+    ArrayDataset,
+    DatasetInfo,
+    load_split,
+)
 from cnnlab.errors import UserError
 from cnnlab.registry import DATASETS
 
@@ -234,3 +240,13 @@ for _name in BUILTIN_INFO:
         doc=f"{_name}: the official files, located or downloaded and verified",
     )  # fmt: skip
 DATASETS.add("folder", DatasetEntry("folder", None, None, "an image folder (data.root=DIR)"))
+DATASETS.add(
+    "imagenet",
+    DatasetEntry("imagenet", None, FOLDER_TRAIN_IMAGES["imagenet"],
+                 "ILSVRC-2012 as an image folder: data.root=DIR, train/<wnid>/ and val/<wnid>/"),
+)  # fmt: skip
+DATASETS.add(
+    "mini_imagenet",
+    DatasetEntry("mini_imagenet", None, FOLDER_TRAIN_IMAGES["mini_imagenet"],
+                 "Mini-ImageNet as an image folder: data.root=DIR with images/ and the CSV split"),
+)  # fmt: skip

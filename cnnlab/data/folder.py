@@ -204,6 +204,12 @@ def _split_off_test(
 
 def load_folder_splits(cfg: DataConfig) -> FolderSplits:
     """Find the train and test images of the image folder `cfg.root` (see the module doc)."""
+    if not cfg.root:
+        raise UserError(
+            f"data.name={cfg.name} reads an image folder: set data.root=DIR "
+            "(ImageNet: DIR/train/<wnid>/ and DIR/val/<wnid>/; Mini-ImageNet: DIR/images/ "
+            "beside DIR/train.csv, val.csv, test.csv)"
+        )
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise UserError(f"data.root: {root} is not a folder")

@@ -7,10 +7,12 @@ Per image, in the worker: training takes a random resized crop (Inception-style:
 U(crop_scale) of the image, aspect ratio in [3/4, 4/3], as torchvision's RandomResizedCrop)
 resized to image_size, or with `train_crop=resize` the eval view (then augment.crop_padding's
 pad-and-crop runs on the device); evaluation resizes the shorter side to eval_resize and takes
-the centre image_size square. JPEGs decode at a reduced scale (Pillow's draft mode, 1/2..1/8)
-whenever the crop still has at least image_size pixels, which saves most of the decode time
-on large photos. Each image's crop is drawn from a generator seeded by (seed, epoch, index),
-so batches do not depend on which worker decoded them and a resumed run repeats an epoch.
+the centre image_size square. With `lighting_std`, each training crop then gets AlexNet-style
+PCA lighting noise as ReCU's loader adds it. JPEGs decode at a reduced scale (Pillow's draft
+mode, 1/2..1/8) whenever the crop still has at least image_size pixels, which saves most of the
+decode time on large photos. Each image's crop (and noise) is drawn from a generator seeded by
+(seed, epoch, index), so batches do not depend on which worker decoded them and a resumed run
+repeats an epoch.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ from cnnlab.data.mixing import BatchMixer
 from cnnlab.errors import UserError
 
 ASPECT = (3 / 4, 4 / 3)
+# The eigenvalues and eigenvectors (columns) of ImageNet's RGB covariance on the [0, 1] scale,
+# as ReCU's Lighting holds them (z-hXu/ReCU@9a73bed imagenet/dataset/imagenet.py:13-20).
+PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
+PCA_EIGVEC = np.array(
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,12 @@ class ImageView:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     gray: bool = False
     decoder: str = "pil"
+    lighting_std: float = 0.0
+
+    @property
+    def random(self) -> bool:
+        """Return whether the view draws random numbers (a random crop or lighting noise)."""
+        return self.random_crop or self.lighting_std > 0
 
 
 def random_resized_box(
@@ -130,7 +144,20 @@ def view_pixels(image: Image.Image, view: ImageView, rng: np.random.Generator | 
         image = image.convert(mode)
     image = image.resize((size, size), Image.BILINEAR, box=box)
     pixels = np.array(image, dtype=np.uint8)  # a writable copy for torch.from_numpy
+    if view.lighting_std:
+        pixels = lighting_noise(pixels, view.lighting_std, rng)
     return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def lighting_noise(pixels: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
+    """Add one PCA lighting shift per channel to (H, W, 3) uint8 `pixels`, as ReCU's Lighting
+    does: alpha ~ N(0, std^2) per component (float32), shift = eigvec @ (alpha * eigval) added to
+    the 0-255 values, clipped to [0, 255] and truncated to uint8. On that scale the shift stays
+    well below one level, so the truncation lowers a channel by one wherever its shift is
+    negative and leaves it otherwise (imagenet.py:32-46)."""
+    alpha = (rng.standard_normal(3) * std).astype(np.float32)
+    shift = PCA_EIGVEC @ (alpha * PCA_EIGVAL)
+    return np.clip(pixels + shift, 0, 255).astype(np.uint8)
 
 
 class PathTable:
@@ -168,7 +195,7 @@ class FolderImages(Dataset):
         """Return (pixels or None, label, index, error text or None)."""
         index, epoch = key
         rng = None
-        if self.view.random_crop:
+        if self.view.random:
             rng = np.random.default_rng([self.seed % 2**64, epoch, index, 3])
         try:
             pixels = decode_view(self.paths[index], self.view, rng)

@@ -1,7 +1,8 @@
 """From the data config to loaders: read the split, hold out validation, limit, batch.
 
-In-memory sets (MNIST, Fashion-MNIST, CIFAR) become InMemoryLoaders; `data.name=folder`
-becomes FolderLoaders (data/folder.py finds the files, data/folder_loader.py decodes them).
+In-memory sets (MNIST, Fashion-MNIST, CIFAR) become InMemoryLoaders; image folders
+(`data.name=folder`, `imagenet`, `mini_imagenet`) become FolderLoaders (data/folder.py finds the
+files, data/folder_loader.py decodes them).
 Both yield the same Batch objects. Under DDP every rank builds its own loaders for its shard.
 """
 
@@ -36,7 +37,7 @@ from cnnlab.data.image_size import auto_image_size
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.data.mixing import BatchMixer
 from cnnlab.data.sources import DATASETS as BUILTIN_INFO
-from cnnlab.data.sources import ArrayDataset, DatasetInfo
+from cnnlab.data.sources import ArrayDataset, DatasetInfo, dataset_info
 from cnnlab.errors import UserError
 
 Loader = InMemoryLoader | FolderLoader
@@ -63,11 +64,24 @@ def _held_out(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[: n - count]), np.sort(order[n - count :])
 
 
+def _registered_folder_size(d: DataConfig) -> int:
+    """Return the training images of a named image folder from its registered size, without the
+    folder: all of them, less data.test_fraction of each class (classes taken as equal)."""
+    total = dataset_entry(d.name).train_images
+    if d.test_fraction is None:
+        return total
+    classes = dataset_info(d.name).num_classes
+    per_class = total // classes
+    held = min(max(round(d.test_fraction * per_class), 1), per_class - 1)
+    return total - classes * held
+
+
 def train_images(cfg: Config) -> int:
-    """Return how many training images a run of `cfg` uses (image folders are listed, not read)."""
+    """Return how many training images a run of `cfg` uses (image folders are listed, not read;
+    a named one without data.root counts as its registered size)."""
     d = cfg.data
-    if d.name == "folder":
-        total = folder_size(d)
+    if d.is_image_folder():
+        total = folder_size(d) if d.root else _registered_folder_size(d)
     else:
         total = dataset_entry(d.name).train_images
         if total is None:  # a user's dataset that does not declare its size: count it
@@ -112,7 +126,7 @@ def folder_info(d: DataConfig, classes: tuple[str, ...]) -> DatasetInfo:
     gray = d.color == "gray"
     size = _fixed_size(d)
     info = DatasetInfo(
-        name="folder",
+        name=d.name,
         num_classes=len(classes),
         channels=1 if gray else 3,
         image_size=(size, size),
@@ -130,7 +144,7 @@ def run_info(
     normalisation, class names) without reading images where it can: an image folder's class
     names are `classes` when given, else listed from the folder, and its size `image_size`
     (what data.image_size=auto chose, kept in the checkpoint) when given, else chosen again."""
-    if d.name == "folder":
+    if d.is_image_folder():
         if d.image_size == "auto":
             if image_size is not None:
                 d = d.model_copy(update={"image_size": image_size})
@@ -165,6 +179,7 @@ def folder_view(d: DataConfig, train: bool) -> ImageView:
         crop_scale=d.crop_scale,
         gray=d.color == "gray",
         decoder=d.decoder,
+        lighting_std=d.lighting_std if train else 0.0,
     )
 
 
@@ -249,7 +264,7 @@ def build_data(
     warn: Callable[[str], None] | None = None,
 ) -> DataBundle:
     """Return train/val/test loaders for `cfg` (rank `rank`'s shards of them under DDP)."""
-    if cfg.data.name == "folder":
+    if cfg.data.is_image_folder():
         return _build_folder(cfg, device, rank, world, warn)
     d = cfg.data
     splits = load(
@@ -338,8 +353,8 @@ def eval_loader(
         raise UserError(
             "--split val needs the run's own dataset and a run trained with data.val_size > 0"
         )
-    if name == "folder":
-        fields = d.model_dump() if d.name == "folder" else {"name": "folder"}
+    if dataset_entry(name).read is None:  # an image folder
+        fields = d.model_dump() if d.name == name else {"name": name}
         fields["root"] = root or fields.get("root")
         if not fields["root"]:
             raise UserError("evaluating on an image folder needs --data-root DIR")

@@ -26,6 +26,7 @@ from cnnlab.data.download import (
     pickle_folder,
     search_path,
 )
+from cnnlab.data.folder import IMAGENET_MEAN, IMAGENET_STD
 from cnnlab.errors import UserError, closest
 
 __all__ = [
@@ -104,14 +105,25 @@ TRAIN_IMAGES: dict[str, int] = {
     "cifar100": 50000,
 }
 
+# Image-folder datasets known by name: what a model is built for before the folder is read
+# (its class names come from the folder). ILSVRC-2012 holds 1,281,167 training images in 1000
+# class folders; Mini-ImageNet (Vinyals et al.; Ravi & Larochelle's CSV split) 600 84x84 images
+# in each of 100 classes, pooled from its three CSV files.
+FOLDER_DATASETS: dict[str, DatasetInfo] = {
+    "imagenet": DatasetInfo("imagenet", 1000, 3, (224, 224), IMAGENET_MEAN, IMAGENET_STD, ()),
+    "mini_imagenet": DatasetInfo(
+        "mini_imagenet", 100, 3, (84, 84), IMAGENET_MEAN, IMAGENET_STD, ()
+    ),
+}
+FOLDER_TRAIN_IMAGES: dict[str, int] = {"imagenet": 1_281_167, "mini_imagenet": 60_000}
+
 
 def dataset_info(name: str) -> DatasetInfo:
-    """Return the table entry of dataset `name`."""
-    if name not in DATASETS:
-        raise UserError(
-            f"unknown dataset '{name}'{closest(name, DATASETS)}; known: {sorted(DATASETS)}"
-        )
-    return DATASETS[name]
+    """Return the table entry of dataset `name` (an in-memory set or a named image folder)."""
+    known = DATASETS | FOLDER_DATASETS
+    if name not in known:
+        raise UserError(f"unknown dataset '{name}'{closest(name, known)}; known: {sorted(known)}")
+    return known[name]
 
 
 def load_split(

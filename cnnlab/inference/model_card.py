@@ -23,7 +23,7 @@ def _preprocessing(trained: TrainedModel) -> str:
     view = input_view(trained)
     colour = "gray" if view.gray else "RGB"
     size = view.image_size
-    if trained.cfg.data.name == "folder":
+    if trained.cfg.data.is_image_folder():
         crop = f"shorter side resized to {view.eval_resize}, centre {size}x{size} crop"
     else:
         crop = f"{size}x{size} as the dataset (other sizes: shorter side to {size}, centre crop)"

@@ -70,7 +70,7 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
 def input_view(trained: TrainedModel) -> ImageView:
     """Return how a file becomes the model's input (the run's evaluation view)."""
     cfg, info = trained.cfg, trained.info
-    if cfg.data.name == "folder":
+    if cfg.data.is_image_folder():
         return folder_view(cfg.data, train=False)
     height, width = info.image_size
     if height != width:

@@ -310,6 +310,15 @@ for _depth in RESNET_LAYOUTS:
     register_variant(
         f"resnet{_depth}", ImageNetResNet, f"ImageNet ResNet-{_depth} (v1.5)", depth=_depth
     )
+    # Neural Rejuvenation's ImageNet ResNets (joe-siyuan-qiao/NeuralRejuvenation-CVPR19@8f1f2aa
+    # models/imagenet/resnet.py): torchvision's layout and conv init, classifier N(0, 0.01^2).
+    register_variant(
+        f"resnet{_depth}_nr",
+        ImageNetResNet,
+        f"Neural Rejuvenation ImageNet ResNet-{_depth}: classifier drawn from N(0, 0.01^2)",
+        depth=_depth,
+        fc_init_std=0.01,
+    )
 # The plain names keep `norm` as an option; the *_bn / *_gn names fix it.
 register_variant(
     "resnext50_32x4d",

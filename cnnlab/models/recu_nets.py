@@ -88,7 +88,7 @@ class _BinaryBlock(nn.Module):
         self.shortcut = _shortcut(in_ch, planes, stride)
 
 
-class _DoubleShortcutBlock(_BinaryBlock):
+class DoubleShortcutBlock(_BinaryBlock):
     """ReCU ResNet-20 block (Bi-Real style, a shortcut around each binary conv):
     h = HT(BN(bconv1(x)) + sc(x)); out = HT(BN(bconv2(h)) + h)."""
 
@@ -117,7 +117,7 @@ class ReCUResNet20(nn.Module):
             nn.BatchNorm2d(base_width),
             nn.Hardtanh(),
         )
-        self.stages, ch = _stages(_DoubleShortcutBlock, base_width, (n, n, n))
+        self.stages, ch = _stages(DoubleShortcutBlock, base_width, (n, n, n))
         self.head = _head(ch)
         self.fc = nn.Linear(ch, num_classes)
         _kaiming(self)
