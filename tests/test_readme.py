@@ -19,7 +19,7 @@ from tests.helpers import FASHION, needs_fashion
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-TRAIN_IMAGES, TEST_IMAGES = 512, 256
+TRAIN_IMAGES, TEST_IMAGES = 256, 128  # one step of the default batch per epoch
 
 
 def _blocks(language: str) -> list[str]:
