@@ -15,7 +15,12 @@ import yaml
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 PAGE = "reference/recipe-table.md"
 
-INTRO = """# Recipes and their published rows
+INTRO = """---
+hide:
+  - toc
+---
+
+# Recipes and their published rows
 
 Every YAML file under `recipes/` is a recipe: `cnnlab train --config recipes/<file>` runs it
 (the shipped recipes are found from any folder). A recipe written for a published result
@@ -51,14 +56,15 @@ def render() -> str:
         if not ref:
             others.append(name)
             continue
-        row = " | ".join(_cell(ref.get(key, "–")) for key in ("row", "value", "protocol", "source"))
-        groups.setdefault(name.split("/")[0], []).append(f"| `{name}` | {row} |")
+        row = " | ".join(_cell(ref.get(key, "–")) for key in ("row", "value", "source", "protocol"))
+        group, _, file = name.rpartition("/")
+        groups.setdefault(group, []).append(f"| `{file}` | {row} |")
     lines = [INTRO]
     for group, rows in groups.items():
         lines += [
-            f"## {group}",
+            f"## `recipes/{group}/`",
             "",
-            "| recipe | row | published value (% error) | protocol | source |",
+            "| recipe | row | published value (% error) | source | protocol |",
             "|---|---|---|---|---|",
             *rows,
             "",
@@ -69,7 +75,7 @@ def render() -> str:
         "cnnlab's own recipes (the default run, speed runs, short studies); each file's "
         "comments say what it is for.",
         "",
-        *(f"- `{name}`" for name in others),
+        *(f"- `recipes/{name}`" for name in others),
         "",
     ]
     return "\n".join(lines)
