@@ -77,3 +77,12 @@ def test_readme_quickstarts_run_as_written(tmp_path, monkeypatch):
         exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
     assert (work / "runs/mine/summary.json").is_file()
     assert (work / "runs/seed1/summary.json").is_file()
+
+
+def test_readme_stays_a_short_read_that_links_into_the_docs():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250  # measurements and details belong in docs/
+    links = re.findall(r"\]\(((?:docs|recipes)/[^)#]*)", text)
+    assert len(links) > 10
+    for link in links:
+        assert (ROOT / link).exists(), f"README.md links to {link}, which does not exist"
