@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.cnnlab-installed
 
-.PHONY: setup data train test lint format clean gpu-carry
+.PHONY: setup data train test lint format docs clean gpu-carry
 
 setup: $(STAMP)
 
@@ -38,8 +38,13 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The suite includes `mkdocs build --strict` of the docs site (tests/test_docs_site.py).
 test: setup data lint
 	$(VENV)/bin/pytest -q
 
+# Serve the docs site at http://127.0.0.1:8000, rebuilt on every edit.
+docs: setup
+	$(VENV)/bin/mkdocs serve
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

@@ -156,7 +156,7 @@ def choose_numerics(
 ) -> Numerics:
     """Resolve 'auto' precision / channels_last by timing the candidates (cached)."""
     if precision == "auto" and getattr(model, "binary", False):
-        precision = "fp32"  # 1-bit nets: ReCU is fp32; bf16 flips signs that compound (README)
+        precision = "fp32"  # 1-bit nets: ReCU is fp32; bf16 flips signs (docs/methods.md)
     precisions = [precision] if precision != "auto" else precision_candidates(device)
     layouts = [channels_last] if channels_last != "auto" else channels_last_candidates(device)
     candidates = [Numerics(p, bool(c)) for p in precisions for c in layouts]

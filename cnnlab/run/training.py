@@ -112,7 +112,7 @@ def train(
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train a run described by `config` (a Config, a dict of sections, a recipe path, or None
-    for the default recipe) in run folder `out` (default runs/<name>-<time>), or continue the
+    for the default recipe) in run folder `out` (default `runs/<name>-<time>`), or continue the
     run folder `resume`; return its summary."""
     if resume is not None:
         run = RunFolder.open(Path(resume))

@@ -1,4 +1,4 @@
-"""NR's parameter utilisation as a dead-unit probe (README, Dead-unit probes: `nr_utilisation`).
+"""NR's parameter utilisation as a dead-unit probe (`nr_utilisation`, docs/methods.md).
 
 `nr_utilisation_probe(cfg)` builds it from the probes' config section, for the probe registry.
 """
