@@ -157,7 +157,8 @@ class TrainConfig(_Section):
     sync_bn: bool = False
     # GPU speed and reproducibility (docs/gpu.md): torch.compile of the model, cuDNN's
     # algorithm search, TF32 (null keeps torch's defaults), deterministic algorithms.
-    compile: bool = False
+    # auto: time compiled against eager steps once at start-up (cached, like precision=auto).
+    compile: bool | Literal["auto"] = False
     cudnn_benchmark: bool = True
     tf32: bool | None = None
     deterministic: bool = False

@@ -1,11 +1,14 @@
 """Numerics: exact input layout, and 'auto' choosing the measured fastest without side effects."""
 
+import json
+
 import pytest
 import torch
 
 from cnnlab.engine import numerics as num
 from cnnlab.engine.numerics import Numerics, choose_numerics
 from cnnlab.models.preact import PreactResNet
+from tests.helpers import TINY_CPU, cli
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -61,3 +64,39 @@ def test_measuring_does_not_disturb_the_model_or_the_rng(monkeypatch, tmp_path):
     assert set(chosen.measured) == {"fp32", "bf16"}  # it did time both candidates
     assert torch.equal(torch.rand(3), expected)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_compile_auto_keeps_the_faster_of_compiled_and_eager_steps_and_caches_it(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr(num, "CACHE_FILE", tmp_path / "numerics.json")
+    calls = []
+
+    def fake_speed(model, candidate, shape, device, compiled=False):
+        calls.append(compiled)
+        return {False: 171.0, True: 318.0}[compiled]
+
+    monkeypatch.setattr(num, "_images_per_second", fake_speed)
+    model = PreactResNet(depth=8, in_channels=1, base_width=4)
+    args = (model, "tiny", (1, 32, 32), 128, torch.device("cpu"))
+    chosen = num.choose_compile(Numerics("bf16"), "auto", *args)
+    assert chosen.compile and chosen.compile_measured == {"eager": 171.0, "compiled": 318.0}
+    assert chosen.precision == "bf16" and sorted(calls) == [False, True]
+    assert num.choose_compile(Numerics("bf16"), "auto", *args) == chosen and len(calls) == 2
+    # Set explicitly, nothing is timed.
+    assert not num.choose_compile(Numerics("bf16"), False, *args).compile
+    assert num.choose_compile(Numerics("bf16"), True, *args).compile and len(calls) == 2
+
+
+def test_a_run_with_compile_auto_records_its_choice(monkeypatch, tmp_path):
+    # Eager measured faster here, so the short run needs no compilation.
+    monkeypatch.setattr(
+        num, "_images_per_second",
+        lambda model, candidate, shape, device, compiled=False: 50.0 if compiled else 90.0,
+    )  # fmt: skip
+    out = tmp_path / "run"
+    assert cli("train", "--out", str(out), *TINY_CPU, "train.epochs=1", "train.compile=auto") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["compile"] is False
+    assert summary["numerics"]["compile_measured"] == {"eager": 90.0, "compiled": 50.0}
+    assert "'compile_measured': {'eager': 90.0, 'compiled': 50.0}" in (out / "log.txt").read_text()

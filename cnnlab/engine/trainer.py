@@ -47,7 +47,13 @@ from cnnlab.engine.checkpoint import (
 from cnnlab.engine.data_init import init_from_data
 from cnnlab.engine.evaluate import evaluate
 from cnnlab.engine.faults import fault_point
-from cnnlab.engine.numerics import Numerics, choose_numerics, numerics_dict, precision_note
+from cnnlab.engine.numerics import (
+    Numerics,
+    choose_compile,
+    choose_numerics,
+    numerics_dict,
+    precision_note,
+)
 from cnnlab.engine.optim import Schedule, build_optimizer, load_optimizer_state
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.step import EpochClock, make_scaler, train_step
@@ -235,7 +241,7 @@ class Trainer:
         )
         self.scaler = make_scaler(numerics.precision, self.device)
         self.train_model = distributed.wrap_model(self.model, self.dist, self.device)
-        if self.cfg.train.compile:
+        if numerics.compile:
             # The steps go through the compiled module; self.model stays the plain one, so
             # checkpoints, evaluation and EMA see the usual parameter names.
             self.train_model = torch.compile(self.train_model)
@@ -257,12 +263,15 @@ class Trainer:
             self.run.log(f"model initialised from the first {count} training images")
         model_key = self._numerics_key()
         # Rank 0 measures (or reads its cache) and every rank uses its choice.
-        numerics = distributed.on_main(
-            lambda: choose_numerics(
-                self.model, model_key, self.input_shape, t.batch_size // self.dist.world,
-                self.device, t.precision, t.channels_last,
-            )
-        )  # fmt: skip
+        batch = t.batch_size // self.dist.world
+
+        def choose() -> Numerics:
+            numerics = choose_numerics(self.model, model_key, self.input_shape, batch,
+                                       self.device, t.precision, t.channels_last)  # fmt: skip
+            return choose_compile(numerics, t.compile, self.model, model_key, self.input_shape,
+                                  batch, self.device)  # fmt: skip
+
+        numerics = distributed.on_main(choose)
         self._place_model(numerics)
         self.run.log(f"numerics: {numerics_dict(numerics)}")
         if note := precision_note(numerics, self.device):
@@ -284,8 +293,13 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_checkpoint_load(self, state)
         self.extra_epochs = state.get("extra_epochs", 0)
+        # The choices the run started with (a checkpoint from before train.compile=auto
+        # existed holds no compile flag: it followed train.compile=true/false).
+        compiled = saved.get("compile", self.cfg.train.compile is True)
         self._place_model(
-            Numerics(saved.get("precision", "fp32"), saved.get("channels_last", False))
+            Numerics(
+                saved.get("precision", "fp32"), saved.get("channels_last", False), compile=compiled
+            )  # fmt: skip
         )
         self.model.load_state_dict(state["model"])
         load_optimizer_state(self.optimizer, state["optimizer"])
@@ -373,7 +387,9 @@ class Trainer:
         self.backends = apply_backend_policy(
             self.device, t.cudnn_benchmark, t.tf32, t.deterministic
         )
-        self.run.log(f"backends: {self.backends}" + (", torch.compile" if t.compile else ""))
+        self.run.log(
+            f"backends: {self.backends}" + (", torch.compile" if t.compile is True else "")
+        )
         if self.resume and self.run.last.exists():
             self.restore(load_checkpoint(self.run.last))
             if self.epoch >= self.total_epochs and self.run.summary.exists():
@@ -576,7 +592,7 @@ class Trainer:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "numerics": numerics_dict(self.numerics),
             "backends": self.backends,
-            "compile": self.cfg.train.compile,
+            "compile": self.numerics.compile,
             "device": str(self.device),
             "processes": self.dist.world,
             "global_batch": self.cfg.train.batch_size,
