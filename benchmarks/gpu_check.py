@@ -90,7 +90,9 @@ def syncs(p: argparse.Namespace, device: torch.device, root: str) -> dict[str, A
             "bn.momentum=dynamic", "augment.erase_prob=0.5", "augment.erase_fill=mean",
         ])  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
-            build_trainer(cfg, RunFolder.create(Path(tmp) / "r"), callbacks=[counter]).fit()
+            build_trainer(
+                cfg, RunFolder.create(Path(tmp) / "r"), callbacks=[counter], progress=False
+            ).fit()
         steps = counter.per_step
         out[precision] = {"per_step": steps, "mean": sum(steps) / max(1, len(steps))}
     return out
@@ -131,7 +133,7 @@ def speedrun(p: argparse.Namespace, device: torch.device, root: str) -> dict[str
     for seed in range(p.speedrun_seeds):
         cfg = load_config(SPEEDRUN, [*overrides, f"train.seed={seed}"])
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = build_trainer(cfg, RunFolder.create(Path(tmp) / "r"))
+            trainer = build_trainer(cfg, RunFolder.create(Path(tmp) / "r"), progress=False)
             summary = trainer.fit()
         # train_seconds: the epochs' steps only (CUDA events), as airbench times itself.
         runs.append({"seed": seed, "wall_seconds": summary["wall_seconds"],
