@@ -18,14 +18,25 @@ from cnnlab.version import VERSION
 TTA_MODES = ("none", "flip", "flip_shift")
 
 
+EXAMPLES = "examples:\n"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    # The description is wrapped to the terminal; the examples keep their lines.
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(EXAMPLES):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def _command(
     sub: argparse._SubParsersAction, name: str, summary: str, what: str, examples: str
 ) -> argparse.ArgumentParser:
     """Add sub-command `name`: `summary` in `cnnlab --help`, `what` it does and `examples` in
     `cnnlab NAME --help`."""
     return sub.add_parser(
-        name, help=summary, description=what, epilog=f"examples:\n{examples}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        name, help=summary, description=what, epilog=EXAMPLES + examples,
+        formatter_class=_HelpFormatter,
     )  # fmt: skip
 
 
@@ -63,8 +74,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = _command(
         sub, "eval", "test loss, top-1 and top-5 error of a saved model",
         "Evaluate a saved model on a dataset split (the test split of the data it was trained "
-        "on by default). CHECKPOINT is a .pt file or a run folder (its last.pt: the model the "
-        "run's summary reports).",
+        "on by default). RUN_OR_CHECKPOINT is a .pt file or a run folder (its last.pt: the model "
+        "the run's summary reports).",
         "  cnnlab eval runs/first\n"
         "  cnnlab eval runs/first/best.pt --split val --limit 1000 --batch-size 250",
     )  # fmt: skip
@@ -198,7 +209,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = _command(
         sub, "predict", "classify image files or folders with a saved model",
         "Classify image files (or every image in folders) with a saved model, preprocessed as "
-        "the run evaluated. CHECKPOINT is a .pt file or a run folder (its last.pt).",
+        "the run evaluated. RUN_OR_CHECKPOINT is a .pt file or a run folder (its last.pt).",
         "  cnnlab predict runs/first shoe.png photos/ --top-k 3",
     )  # fmt: skip
     p.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT")
@@ -212,7 +223,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = _command(
         sub, "export", "write a saved model as ONNX, TorchScript or safetensors",
         "Write a saved model in another format, check its outputs against PyTorch's, and write "
-        "a model card beside it. CHECKPOINT is a .pt file or a run folder (its last.pt).",
+        "a model card beside it. RUN_OR_CHECKPOINT is a .pt file or a run folder (its last.pt).",
         "  cnnlab export runs/first --format onnx",
     )  # fmt: skip
     p.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT")
