@@ -140,9 +140,10 @@ def _parse_input(text: str) -> tuple[int, int, int]:
 def with_unit(count: float) -> str:
     """Return a count with a metric unit: 62.0 M, 1.82 G, 512 k."""
     for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if count >= size:
+        # 999.9 M rounds to 1000 M at three digits: that is 1.00 G.
+        if count >= size * 0.9995:
             value = count / size
-            return f"{value:#.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+            return f"{value:#.3g} {unit}" if value < 99.95 else f"{value:.0f} {unit}"
     return f"{count:.0f}"
 
 
