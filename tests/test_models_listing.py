@@ -65,6 +65,8 @@ def test_the_imagenet_sized_families_say_so():
         (626_403_328, "626 M"),
         (512, "512"),
         (3.5e3, "3.50 k"),
+        (999.9e6, "1.00 G"),  # three digits of 999.9 M would read 1000 M
+        (99.97e6, "100 M"),
     ],
 )
 def test_flops_carry_units(count, text):
