@@ -207,7 +207,9 @@ def syncs(p: argparse.Namespace, device: torch.device, root: str) -> Any:
             "augment.erase_fill=mean",
         ])  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
-            build_trainer(cfg, RunFolder.create(Path(tmp) / "r"), callbacks=[counter]).fit()
+            build_trainer(
+                cfg, RunFolder.create(Path(tmp) / "r"), callbacks=[counter], progress=False
+            ).fit()
         steps = counter.per_step
         return {"per_step": steps, "mean": sum(steps) / max(1, len(steps))}
 
@@ -255,7 +257,7 @@ def speedrun(p: argparse.Namespace, device: torch.device, root: str) -> dict[str
     def row(seed: int) -> dict[str, Any]:
         cfg = load_config(SPEEDRUN, [*overrides, f"train.seed={seed}"])
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = build_trainer(cfg, RunFolder.create(Path(tmp) / "r"))
+            trainer = build_trainer(cfg, RunFolder.create(Path(tmp) / "r"), progress=False)
             last.update(trainer.fit())
         # train_seconds: the epochs' steps only (CUDA events), as airbench times itself.
         return {"wall_seconds": last["wall_seconds"],

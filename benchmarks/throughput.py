@@ -247,7 +247,9 @@ def cnnlab_loop(case: Case, numerics: Numerics, images: int) -> tuple[float, flo
     cfg = load_config(None, overrides)
     wall = EpochWall()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(cfg, RunFolder.create(Path(tmp) / "run"), callbacks=[wall])
+        trainer = build_trainer(
+            cfg, RunFolder.create(Path(tmp) / "run"), callbacks=[wall], progress=False
+        )
         trainer.fit()
         row = trainer.history[-1]
         trained = trainer.steps_per_epoch * case.batch

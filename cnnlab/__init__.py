@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from cnnlab.version import VERSION
+
+__version__ = VERSION
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -40,3 +42,9 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'cnnlab' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    # The public names load lazily, so they are not in the module's namespace until first used;
+    # listing them here lets dir() and notebook completion show them (and not the helpers).
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

@@ -45,6 +45,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from cnnlab.run.resume_check import resume_config
     from cnnlab.run.training import prepare_run, train_new, train_resume
 
+    if args.print_config:
+        return _print_config(args, console)
     if args.resume is not None:
         if args.config or args.overrides or args.out:
             raise UserError(
@@ -96,11 +98,29 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _print_config(args: argparse.Namespace, console: Console) -> int:
+    # The config exactly as a run would be given it (validated, defaults and overrides in,
+    # train.epochs_scale applied), or the config a --resume would continue with; nothing is
+    # trained or written.
+    from cnnlab.config import dump_config, load_config
+    from cnnlab.engine.run_folder import RunFolder
+
+    if args.resume is not None:
+        cfg = load_config(RunFolder.open(args.resume, writer=False).config)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    console.print(dump_config(cfg), markup=False, end="")
+    return 0
+
+
 def eval(args: argparse.Namespace, console: Console) -> int:  # noqa: A001 - the sub-command's name
     """`cnnlab eval CHECKPOINT`: evaluate a saved model on a dataset split (test by default)."""
     from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.data_root, args.split, args.tta)
+    metrics = evaluate_checkpoint(
+        args.checkpoint, args.data, args.data_root, args.split, args.tta, args.limit,
+        args.batch_size,
+    )  # fmt: skip
     console.print(
         f"{metrics['dataset']} {args.split} ({metrics['images']} images, tta {metrics['tta']}): "
         f"loss {metrics['loss']:.4f}  top-1 error {metrics['error']:.2f}%  "
@@ -117,24 +137,47 @@ def _parse_input(text: str) -> tuple[int, int, int]:
     return c, h, w
 
 
+def with_unit(count: float) -> str:
+    """Return a count with a metric unit: 62.0 M, 1.82 G, 512 k."""
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        # 999.9 M rounds to 1000 M at three digits: that is 1.00 G.
+        if count >= size * 0.9995:
+            value = count / size
+            return f"{value:#.3g} {unit}" if value < 99.95 else f"{value:.0f} {unit}"
+    return f"{count:.0f}"
+
+
 def models(args: argparse.Namespace, console: Console) -> int:
-    """`cnnlab models [PATTERN]`: a table of models with params (and FLOPs)."""
-    from cnnlab.analysis.profile import count_flops, count_params
+    """`cnnlab models [PATTERN]`: a table of models with params, input size (and FLOPs)."""
+    from cnnlab.analysis.profile import count_flops, count_params, shape_only
     from cnnlab.registry import build_model, list_models, model_entry
 
-    shape = _parse_input(args.input)
+    given = _parse_input(args.input) if args.input else None
     names = list_models(args.pattern)
     if not names:
         raise UserError(f"no model matches '{args.pattern}'")
-    table = Table("model", "params", *(["GFLOPs"] if args.flops else []), "description")
+    table = Table("model", "built for", "params", *(["FLOPs"] if args.flops else []),
+                  "description")  # fmt: skip
+    sizes = set()
     for name in names:
-        model = build_model(name, in_channels=shape[0], num_classes=args.classes)
-        row = [name, f"{count_params(model) / 1e6:.2f}M"]
+        side = model_entry(name).image_size
+        shape = given or (3, side, side)
+        classes = args.classes or (1000 if side == 224 else 10)
+        sizes.add((side, classes))
+        # Meta tensors: a 140 M-parameter VGG is counted without allocating or initialising it.
+        model = shape_only(build_model, name, in_channels=shape[0], num_classes=classes)
+        kind = "ImageNet" if side == 224 else "CIFAR"
+        row = [name, f"{side}x{side} ({kind})", f"{count_params(model) / 1e6:.2f} M"]
         if args.flops:
-            row.append(f"{count_flops(model, shape) / 1e9:.3f}")
+            row.append(with_unit(count_flops(model, shape)))
         table.add_row(*row, model_entry(name).doc)
     console.print(table)
-    console.print(f"input {args.input}, {args.classes} classes; FLOPs count one forward pass")
+    counted = "; ".join(f"{side}x{side} nets: {classes} classes" for side, classes in sorted(sizes))
+    inputs = f"input {args.input}" if args.input else "input 3 x the size each is built for"
+    console.print(
+        f"{counted} (--classes N to change); FLOPs: one forward pass, {inputs}, a "
+        "multiply-add counted as 2"
+    )
     return 0
 
 
@@ -198,14 +241,15 @@ def sweep(args: argparse.Namespace, console: Console) -> int:
     """`cnnlab sweep RECIPE`: each (grid point x seed) as its own resumable run folder."""
     from pathlib import Path
 
-    from cnnlab.config import apply_overrides, read_yaml
+    from cnnlab.config import apply_overrides, find_recipe, read_yaml
     from cnnlab.experiments import plan as sweeps
     from cnnlab.experiments.sweep import run_sweep
 
     if any(o.partition("=")[0].strip() == "train.seed" for o in args.overrides):
         raise UserError("a sweep sets train.seed itself; use --seeds N or --seed-list 0,1,2")
     # A bad recipe or override fails here, once, rather than in every run.
-    raw = apply_overrides(read_yaml(args.recipe), args.overrides)
+    # A shipped recipe's name works from any folder, as with `train --config`.
+    raw = apply_overrides(read_yaml(find_recipe(args.recipe)), args.overrides)
     spec = sweeps.SweepSpec(
         str(args.recipe), tuple(args.overrides), sweeps.parse_grid(args.grid),
         sweeps.parse_seeds(args.seeds, args.seed_list),
@@ -363,3 +407,22 @@ def tune(args: argparse.Namespace, console: Console) -> int:
     if args.show:
         return tuning.show(args, console)
     return tuning.run_study(args, console)
+
+
+def recipes(args: argparse.Namespace, console: Console) -> int:
+    """`cnnlab recipes [PATTERN]`: the shipped recipes and the published result each targets."""
+    from cnnlab.experiments.recipe_index import shipped_recipes
+
+    rows = shipped_recipes(args.pattern)
+    if not rows:
+        raise UserError(f"no shipped recipe matches '{args.pattern}' (try `cnnlab recipes`)")
+    table = Table("recipe", "data", "model", "epochs", "published error", "row", "source")
+    for r in rows:
+        value = f"{r.value:.2f} %" if r.value is not None else "-"
+        table.add_row(r.name, r.dataset, r.model, str(r.epochs), value, r.row, r.source)
+    console.print(table)
+    console.print(
+        f"{len(rows)} recipe(s); train one from any folder: cnnlab train --config RECIPE "
+        "(train.epochs_scale=0.01 for a short trial of the same schedule)"
+    )
+    return 0

@@ -142,6 +142,11 @@ class TrainConfig(_Section):
     """Loop length, batch, seeding, evaluation cadence and numerics."""
 
     epochs: int = Field(5, ge=1)
+    # A recipe shortened (or lengthened) with its schedule: epochs become
+    # max(1, round(epochs x scale)) and the schedule's epoch-valued keys (milestones, warm-up
+    # epochs, one-cycle peak) scale by the same ratio. Applied once when the config is
+    # validated; the resolved config (config.yaml) holds the scaled values and scale 1.
+    epochs_scale: float = Field(1.0, gt=0)
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(500, ge=1)
     seed: int = 0
@@ -416,11 +421,14 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _epochs_in_range(self) -> Config:
+        self._apply_epochs_scale()
         epochs = self.train.epochs
         for m in self.schedule.milestones:
             if not 0 < m <= epochs:
                 raise ValueError(
-                    f"schedule.milestones: {m} lies outside 1..train.epochs ({epochs})"
+                    f"schedule.milestones: {m} lies outside 1..train.epochs ({epochs}); to "
+                    "shorten a recipe with its schedule, set train.epochs_scale (e.g. 0.1: "
+                    "epochs and milestones x 0.1) instead of train.epochs"
                 )
         start = self.schedule.decay_start_epoch
         if start is not None and start >= epochs:
@@ -429,8 +437,26 @@ class Config(_Section):
             )
         peak = self.schedule.peak_epoch
         if peak is not None and peak >= epochs:
-            raise ValueError(f"schedule.peak_epoch: {peak} must lie below train.epochs ({epochs})")
+            raise ValueError(
+                f"schedule.peak_epoch: {peak} must lie below train.epochs ({epochs}); to "
+                "shorten a recipe with its schedule, set train.epochs_scale instead"
+            )
         return self
+
+    def _apply_epochs_scale(self) -> None:
+        # Sections are fresh objects here (validated from plain data), so they are set in
+        # place; each assignment is checked by its section.
+        train, schedule = self.train, self.schedule
+        if train.epochs_scale == 1:
+            return
+        epochs = max(1, round(train.epochs * train.epochs_scale))
+        ratio = epochs / train.epochs
+        # A milestone keeps its place in the run, at least after the first epoch.
+        schedule.milestones = [min(epochs, max(1, round(m * ratio))) for m in schedule.milestones]
+        schedule.warmup_epochs = schedule.warmup_epochs * ratio
+        if schedule.peak_epoch is not None:
+            schedule.peak_epoch = schedule.peak_epoch * ratio
+        train.epochs, train.epochs_scale = epochs, 1.0
 
 
 def _section_type(annotation: Any) -> type[BaseModel] | None:

@@ -106,6 +106,12 @@ class ModelEntry:
         return self.factory(**{**self.defaults, **options, **self.fixed})
 
     @property
+    def image_size(self) -> int:
+        """Return the image side the family is designed for: 224 (ImageNet-sized) where it
+        declares `image_size = 224`, else 32 (CIFAR-sized, the families' usual stem)."""
+        return int(getattr(self.factory, "image_size", 32))
+
+    @property
     def binary(self) -> bool:
         """Return whether the family is a 1-bit network (it declares `binary = True`)."""
         return bool(getattr(self.factory, "binary", False))

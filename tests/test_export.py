@@ -149,3 +149,8 @@ def test_a_model_the_exporter_cannot_handle_says_so_in_one_line(run, capsys, mon
         "cnnlab: error: preact_resnet20 cannot be exported to torchscript: "
         "RuntimeError: Tracer cannot infer type of output"
     ]
+
+
+def test_a_run_folder_exports_its_last_checkpoint(run):
+    assert cli("export", str(run), "--format", "safetensors") == 0
+    assert (run / "last.safetensors").is_file() and (run / "last.safetensors.card.json").is_file()

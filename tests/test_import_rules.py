@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnnlab"
 # Lowest first. A module may import its own layer's modules and any layer below; layers that
 # share a rank (models and data) may not import each other.
 LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
-    (0, "core", ("cnnlab.errors", "cnnlab.registry")),
+    (0, "core", ("cnnlab.errors", "cnnlab.registry", "cnnlab.version")),
     (1, "config", ("cnnlab.config", "cnnlab.config_diff")),
     (2, "models", ("cnnlab.models",)),
     (2, "data", ("cnnlab.data",)),

@@ -54,3 +54,24 @@ def test_an_installed_copy_trains_from_another_folder(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert (elsewhere / "run" / "summary.json").is_file()
+
+
+def test_the_licence_is_shipped_and_declared():
+    licence = (ROOT / "LICENSE").read_text()
+    assert licence.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in licence
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert project["readme"] == "README.md" and (ROOT / "README.md").is_file()
+    classifiers = project["classifiers"]
+    assert "Programming Language :: Python :: 3" in classifiers
+    assert any(c.startswith("Topic :: Scientific/Engineering") for c in classifiers)
+
+
+def test_the_version_has_one_source():
+    import cnnlab
+    from cnnlab.version import VERSION
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert setup["project"]["dynamic"] == ["version"]
+    assert setup["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "cnnlab.version.VERSION"}
+    assert cnnlab.__version__ == VERSION

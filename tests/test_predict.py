@@ -179,3 +179,14 @@ def test_a_folder_run_predicts_with_its_class_folders_even_once_the_folder_is_go
     # Each image lies in its class's folder: val/<class>/<file>.
     wrong = sum(r["class_1"] != r["path"].split("/")[-2] for r in rows)
     assert 100.0 * wrong / len(rows) == pytest.approx(metrics["error"])
+
+
+@needs_fashion
+def test_a_run_folder_predicts_with_its_last_checkpoint(run, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(image)
+    capsys.readouterr()
+    assert cli("predict", str(run / "last.pt"), str(image), "--format", "csv") == 0
+    by_file = capsys.readouterr().out
+    assert cli("predict", str(run), str(image), "--format", "csv") == 0
+    assert capsys.readouterr().out == by_file

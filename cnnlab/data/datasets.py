@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from cnnlab.data.sources import DATASETS as BUILTIN_INFO
@@ -158,7 +159,7 @@ def load(
 
 def _check_split(images: Any, labels: Any, what: str, num_classes: int) -> None:
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise DataError(f"{what}: images and labels must be torch tensors")
+        raise DataError(f"{what}: images and labels must be torch tensors or numpy arrays")
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise DataError(
             f"{what} images must be uint8 of shape (N, H, W, C), got {images.dtype} "
@@ -176,11 +177,22 @@ def _check_split(images: Any, labels: Any, what: str, num_classes: int) -> None:
         )
 
 
+def _as_tensor(value: Any, what: str) -> Any:
+    # A numpy array (how most users hold their images) becomes a tensor sharing its memory
+    # (copied only when not C-contiguous or read-only); the checks that follow are the same.
+    if not isinstance(value, np.ndarray):
+        return value
+    try:
+        return torch.from_numpy(np.require(value, requirements=["C", "W"]))
+    except TypeError:
+        raise DataError(f"{what}: numpy arrays of dtype {value.dtype} cannot be used") from None
+
+
 def from_tensors(
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_images: torch.Tensor,
-    test_labels: torch.Tensor,
+    train_images: torch.Tensor | np.ndarray,
+    train_labels: torch.Tensor | np.ndarray,
+    test_images: torch.Tensor | np.ndarray,
+    test_labels: torch.Tensor | np.ndarray,
     *,
     mean: Sequence[float],
     std: Sequence[float],
@@ -190,7 +202,14 @@ def from_tensors(
     val_size: int = 0,
     split_seed: int = 0,
 ) -> Splits:
-    """Return splits made of a user's own uint8 NHWC images and int64 labels (checked)."""
+    """Return splits made of a user's own uint8 NHWC images and int64 labels (checked), given as
+    torch tensors or numpy arrays."""
+    train_images, train_labels, test_images, test_labels = (
+        _as_tensor(value, what) for value, what in (
+            (train_images, "training images"), (train_labels, "training labels"),
+            (test_images, "test images"), (test_labels, "test labels"),
+        )
+    )  # fmt: skip
     if num_classes is None:
         num_classes = len(classes) if classes is not None else int(train_labels.max()) + 1
     if classes is not None and len(classes) != num_classes:

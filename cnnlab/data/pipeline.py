@@ -19,6 +19,7 @@ from cnnlab.data.augment import BatchAugment, check_crop, random_view
 from cnnlab.data.datasets import (
     Splits,
     dataset_entry,
+    first,
     load,
     normalised_as,
     split_validation,
@@ -339,10 +340,17 @@ def load_split_of(
 
 
 def eval_loader(
-    cfg: Config, split: str, device: torch.device, name: str | None = None, root: str | None = None
+    cfg: Config,
+    split: str,
+    device: torch.device,
+    name: str | None = None,
+    root: str | None = None,
+    limit: int | None = None,
 ) -> tuple[Loader, DatasetInfo]:
     """Return an evaluation loader over split 'test', 'train' or 'val' of the run's dataset (or
-    of dataset `name` in `root`), normalised as the run was; what `cnnlab eval` reads.
+    of dataset `name` in `root`), normalised as the run was; what `cnnlab eval` reads. With
+    `limit`, only the split's first `limit` images (of an image folder, a seeded random
+    `limit`, as data.test_limit takes them).
 
     'val' is the run's own held-out validation split (data.val_size, data.split_seed) and
     'train' what remains of the training set beside it, so a model can be judged without
@@ -364,6 +372,7 @@ def eval_loader(
         if split != "test" and d.val_size:
             keep, held = _held_out(len(samples), d.val_size, d.split_seed)
             samples = samples.subset(held if split == "val" else keep)
+        samples = _limit_samples(samples, limit, d.split_seed)
         info = folder_info(d, splits.classes)
         loader = FolderLoader(
             samples, folder_view(d, False), info.mean, info.std, cfg.train.eval_batch_size,
@@ -374,6 +383,7 @@ def eval_loader(
     if split != "test" and name == d.name and d.val_size:
         kept, held = split_validation(data, d.val_size, d.split_seed)
         data = held if split == "val" else kept
+    data = first(data, limit)
     info = normalised_as(data.info, d.mean, d.std) if name == d.name else data.info
     loader = InMemoryLoader(
         data.images, data.labels, info.mean, info.std, cfg.train.eval_batch_size, device,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import shutil
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +87,22 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             raise OSError(f"torch.save failed ({first}); {free:.0f} MB free there") from None
 
 
+def _unreadable(path: Path, exc: Exception) -> str:
+    # torch's own text runs to many lines and suggests weights_only=False, which would run
+    # whatever code the file holds; say instead what is wrong with the file.
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"it holds a Python object ({found[1]}) besides tensors and plain data; cnnlab "
+            "loads weights only (torch.load with weights_only=True) and never runs code from a "
+            "file"
+        )
+    if not zipfile.is_zipfile(path) or "Weights only load failed" in text:
+        return "it is not a PyTorch checkpoint, or it is damaged (truncated or overwritten)"
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint (weights_only); a missing, corrupt or too new file is a UserError."""
     path = Path(path)
@@ -105,8 +123,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"checkpoint {path} cannot be read: {first}{note}") from None
+        raise UserError(
+            f"checkpoint {path} cannot be read: {_unreadable(path, exc)}{note}"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path} is not a cnnlab checkpoint (no model state){note}")
     found = state.get("format", 1)

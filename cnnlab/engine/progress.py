@@ -40,6 +40,19 @@ def format_epoch_line(row: dict[str, Any], epochs: int) -> str:
     return " | ".join(parts)
 
 
+def numerics_line(trainer: Trainer) -> str:
+    """Return the console line naming the precision and memory format the run trains with,
+    and for `auto` settings the measured speeds that chose them."""
+    t, numerics = trainer.cfg.train, trainer.numerics
+    line = f"numerics: {numerics.label} on {trainer.device}"
+    auto = [key for key in ("precision", "channels_last") if getattr(t, key) == "auto"]
+    if auto:
+        speeds = ", ".join(f"{k} {v:.0f}" for k, v in numerics.measured.items())
+        line += f" (chosen by train.{'/'.join(auto)}=auto"
+        line += f"; measured images/s: {speeds})" if speeds else ")"
+    return line
+
+
 class ConsoleReporter(Callback):
     """Shows epoch, step, loss, lr, images/s and ETA; writes every epoch line to log.txt too."""
 
@@ -52,7 +65,9 @@ class ConsoleReporter(Callback):
         self.epoch_step0 = 0
 
     def on_train_start(self, trainer: Trainer) -> None:
-        """Open the progress bar over all remaining steps of the run."""
+        """Say the numerics in force (what train.precision=auto chose, and why); open the
+        progress bar over all remaining steps of the run."""
+        self.console.print(numerics_line(trainer), soft_wrap=True)
         if not self.live:
             return
         self.progress = Progress(

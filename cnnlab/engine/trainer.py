@@ -55,6 +55,7 @@ from cnnlab.engine.numerics import (
     precision_note,
 )
 from cnnlab.engine.optim import Schedule, build_optimizer, load_optimizer_state
+from cnnlab.engine.progress import ConsoleReporter
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.step import EpochClock, make_scaler, train_step
 from cnnlab.errors import UserError
@@ -121,6 +122,8 @@ class Trainer:
     `batch_size`, `seed`, `device`, `precision` ...), checked as the config checks them.
     With `run_dir` the run writes its folder (metrics, log, checkpoints, summary, curves) and
     `resume=True` continues it from its last checkpoint exactly; without, nothing is written.
+    `progress` prints each epoch's line and the numerics in force (a live bar on a terminal),
+    unless a ConsoleReporter is among the callbacks already.
 
     Under torchrun every rank builds a Trainer: `model` is the bare module (evaluated, saved,
     averaged by EMA) and `train_model` the DDP wrapper the steps go through; only rank 0 writes.
@@ -140,6 +143,7 @@ class Trainer:
         resume: bool = False,
         name: str = "run",
         config: Config | None = None,
+        progress: bool = True,
         **train: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -155,6 +159,12 @@ class Trainer:
         self.run = _open_run(run_dir, resume, self.dist.is_main)
         self.resume = resume
         self.callbacks = list(callbacks)
+        if (
+            progress
+            and self.dist.is_main
+            and not any(isinstance(cb, ConsoleReporter) for cb in self.callbacks)
+        ):
+            self.callbacks.append(ConsoleReporter())
         self.started = time.perf_counter()
         self.device = distributed.device_for(self.dist, resolve_device(self.cfg.train.device))
         self.data = self._loaders(data)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from cnnlab.config import apply_overrides, read_yaml, validate
+from cnnlab.config import apply_overrides, find_recipe, read_yaml, validate
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.trainer import TrainingDiverged
@@ -69,16 +69,26 @@ class StudyPlace:
     out: Path
 
 
-def study_place(args: argparse.Namespace, raw: dict[str, Any] | None) -> StudyPlace:
-    """Resolve --study, --out and --storage (default sqlite:///<out>/study.db)."""
+def study_place(
+    args: argparse.Namespace, raw: dict[str, Any] | None, create: bool = True
+) -> StudyPlace:
+    """Resolve --study, --out and --storage (default sqlite:///<out>/study.db); without
+    `create`, a default storage that does not exist yet is an error, not a new database."""
     name = args.study or (str(raw.get("name") or args.recipe.stem) if raw is not None else None)
     if not name:
         raise UserError("--show needs --study NAME (or the RECIPE the study was made from)")
     out = args.out or Path("tunes") / name
-    storage = args.storage
-    if storage is None:
+    storage = args.storage or f"sqlite:///{out / 'study.db'}"
+    database = (
+        Path(storage.removeprefix("sqlite:///")) if storage.startswith("sqlite:///") else None
+    )
+    if not create and database is not None and not database.is_file():
+        raise UserError(
+            f"no study '{name}': {database} does not exist (give the --out or --storage the "
+            "study was run with)"
+        )
+    if args.storage is None:
         out.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{out / 'study.db'}"
     return StudyPlace(name, storage, out)
 
 
@@ -153,8 +163,10 @@ def _objective(
         trial.set_user_attr("run_folder", str(folder))
         try:
             cfg = validate(raw)
+            # One line per trial (announce), not one per epoch.
             summary = train_new(cfg, RunFolder.create(folder),
-                                [ValidationPruning(trial, args.pruner == "median")])  # fmt: skip
+                                [ValidationPruning(trial, args.pruner == "median")],
+                                progress=False)  # fmt: skip
         except (TrainingDiverged, UserError) as exc:
             # A sampled point that cannot train (diverged, refused) is a failed trial.
             trial.set_user_attr("error", str(exc))
@@ -232,6 +244,7 @@ def run_study(args: argparse.Namespace, console: Console) -> int:
     """Run (or continue) the study until it holds --trials trials; return the exit status."""
     if args.recipe is None:
         raise UserError("cnnlab tune needs a RECIPE (or --show to look at a study)")
+    args.recipe = find_recipe(args.recipe)  # a shipped recipe's name works from any folder
     if args.trials < 1 or args.workers < 1 or args.val_size < 1:
         raise UserError("--trials, --workers and --val-size must be at least 1")
     for text in args.overrides:
@@ -277,9 +290,9 @@ def show(args: argparse.Namespace, console: Console) -> int:
 
     raw = None
     if args.recipe is not None and args.study is None:
-        raw = read_yaml(args.recipe)
+        raw = read_yaml(find_recipe(args.recipe))
         raw.setdefault("name", args.recipe.stem)
-    place = study_place(args, raw)
+    place = study_place(args, raw, create=False)
     optuna = import_optuna()
     storage = open_storage(place.storage)
     try:

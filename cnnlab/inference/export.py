@@ -148,7 +148,7 @@ def export_checkpoint(path: Path, fmt: str, out: Path | None = None) -> ExportRe
         raise UserError(f"unknown export format '{fmt}'; use one of: {', '.join(FORMATS)}")
     trained = load_trained_model(path, "cpu")
     model = trained.model.to(memory_format=torch.contiguous_format).float().eval()
-    out = Path(out) if out is not None else Path(path).with_suffix(SUFFIX[fmt])
+    out = Path(out) if out is not None else trained.path.with_suffix(SUFFIX[fmt])
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -50,6 +50,8 @@ def _imagenet_stem(in_channels: int, width: int, norm: str) -> nn.Sequential:
 class ImageNetResNet(PostActResNet):
     """ResNet-18/34/50/101/152 and ResNeXt (cardinality x base_width), post-activation."""
 
+    image_size = 224  # the input side it is designed for (`cnnlab models`)
+
     def __init__(
         self,
         depth: int = 50,
@@ -115,6 +117,8 @@ class ImageNetVGG(nn.Module):
 
     `hidden` narrows the classifier, e.g. for Tiny ImageNet where 4096 units overfit.
     """
+
+    image_size = 224  # the input side it is designed for (`cnnlab models`)
 
     def __init__(
         self,
@@ -187,6 +191,8 @@ class NRImageNetVGG(nn.Module):
     scales start at 0.5, the classifier is N(0, 0.01^2) (Qiao et al. 2019).
     """
 
+    image_size = 224  # the input side it is designed for (`cnnlab models`)
+
     def __init__(self, in_channels: int = 3, num_classes: int = 1000, base_width: int = 64) -> None:
         super().__init__()
         if base_width < 1:
@@ -236,6 +242,8 @@ class ImageNetDenseNet(nn.Module):
     models/imagenet/densenet.py): conv-BN-ReLU units and transitions, no norm before the
     classifier, He fan-out convs and a classifier drawn from N(0, 0.01^2).
     """
+
+    image_size = 224  # the input side it is designed for (`cnnlab models`)
 
     def __init__(
         self,

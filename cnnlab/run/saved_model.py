@@ -1,6 +1,7 @@
 """From a cnnlab checkpoint back to a ready model: the one place that rebuilds a trained net.
 
-`cnnlab eval`, `predict` and `export` all start here: read the checkpoint, check that it is
+`cnnlab eval`, `predict` and `export` all start here: find the checkpoint (a file, or a run
+folder's last.pt), read it, check that it is
 one of ours, rebuild the model the run trained (its options, a rejuvenated shape), load the
 weights and put it in evaluation mode with the run's numerics.
 """
@@ -19,6 +20,7 @@ from cnnlab.data.pipeline import run_info
 from cnnlab.data.sources import DatasetInfo
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.numerics import Numerics
+from cnnlab.engine.run_folder import RunFolder
 from cnnlab.engine.trainer import resolve_device
 from cnnlab.errors import UserError
 from cnnlab.methods.rejuvenation import apply_architecture
@@ -57,6 +59,23 @@ def weights_misfit(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor])
     return ""
 
 
+def checkpoint_file(path: Path) -> Path:
+    """Return `path`, or for a run folder its last.pt: the model of the last epoch, which the
+    run's summary.json reports (its best.pt is named explicitly, RUN/best.pt)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    run = RunFolder(path, writer=False)
+    if run.last.is_file():
+        return run.last
+    if run.config.is_file():
+        raise UserError(f"run folder {path} has no last.pt yet (no epoch has finished)")
+    raise UserError(
+        f"{path} is a folder but not a run folder (it has no last.pt); give a checkpoint "
+        "file or a run folder"
+    )
+
+
 def read_cnnlab_checkpoint(path: Path) -> dict[str, Any]:
     """Load `path` and check it is a cnnlab checkpoint (a mapping with a config and weights)."""
     state = load_checkpoint(path)
@@ -78,8 +97,9 @@ def load_trained_model(
     path: Path, device: torch.device | str | None = None, info: DatasetInfo | None = None
 ) -> TrainedModel:
     """Rebuild the checkpoint's model with its weights, in eval mode on `device` (None: the
-    run's train.device); built for `info` (channels, classes) or for the run's own dataset."""
-    path = Path(path)
+    run's train.device); built for `info` (channels, classes) or for the run's own dataset.
+    `path` is a checkpoint file or a run folder (its last.pt)."""
+    path = checkpoint_file(path)
     state = read_cnnlab_checkpoint(path)
     cfg = validate(state["config"])
     if info is None:

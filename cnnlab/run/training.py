@@ -73,13 +73,14 @@ def build_trainer(
     callbacks: Sequence[Callback] = (),
     resume: bool = False,
     prepared: tuple[DataBundle, nn.Module] | None = None,
+    progress: bool = True,
 ) -> Trainer:
     """Return the Trainer of `cfg`: its data and model (`prepared`, or built now by
     prepare_run), the methods' callbacks (before `callbacks`, so e.g. EMA metrics are in the
-    row reporters see)."""
+    row reporters see); `progress` as Trainer's."""
     data, model = prepared if prepared is not None else prepare_run(cfg)
     return Trainer(
-        model, data, config=cfg, run_dir=run, resume=resume,
+        model, data, config=cfg, run_dir=run, resume=resume, progress=progress,
         callbacks=[*config_callbacks(cfg, run.writer), *callbacks],
     )  # fmt: skip
 
@@ -89,18 +90,22 @@ def train_new(
     run: RunFolder,
     callbacks: Sequence[Callback] = (),
     prepared: tuple[DataBundle, nn.Module] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Start a run of `cfg` in a fresh run folder and train it to the end (on `prepared` data
-    and model when given, see prepare_run)."""
+    and model when given, see prepare_run); `progress` prints its epochs."""
     if run.writer:
         atomic_write_text(run.config, dump_config(cfg))
     run.log(f"cnnlab run {run.path} | torch {torch.__version__}")
-    return build_trainer(cfg, run, callbacks, prepared=prepared).fit()
+    return build_trainer(cfg, run, callbacks, prepared=prepared, progress=progress).fit()
 
 
-def train_resume(cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Continue a run from its last.pt (or from scratch if it died before its first checkpoint)."""
-    return build_trainer(cfg, run, callbacks, resume=True).fit()
+def train_resume(
+    cfg: Config, run: RunFolder, callbacks: Sequence[Callback] = (), progress: bool = True
+) -> dict[str, Any]:
+    """Continue a run from its last.pt (or from scratch if it died before its first checkpoint);
+    `progress` prints its epochs."""
+    return build_trainer(cfg, run, callbacks, resume=True, progress=progress).fit()
 
 
 def train(
@@ -110,13 +115,16 @@ def train(
     out: str | Path | None = None,
     resume: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train a run described by `config` (a Config, a dict of sections, a recipe path, or None
     for the default recipe) in run folder `out` (default `runs/<name>-<time>`), or continue the
-    run folder `resume`; return its summary."""
+    run folder `resume`; return its summary. `progress` prints each epoch's line and the
+    numerics in force (a live bar on a terminal), as `cnnlab train` does."""
     if resume is not None:
         run = RunFolder.open(Path(resume))
-        return train_resume(resume_config(run), run, callbacks)  # refuses an edited config
+        # refuses an edited config
+        return train_resume(resume_config(run), run, callbacks, progress)
     if isinstance(config, Config | dict):
         raw = config.model_dump(mode="json") if isinstance(config, Config) else config
         cfg = validate(apply_overrides(raw, list(overrides)))
@@ -126,4 +134,4 @@ def train(
         RunFolder.check_new(Path(out))  # before the slow reading of the data
     prepared = prepare_run(cfg)  # data and model errors before the folder exists
     run = RunFolder.create(Path(out) if out is not None else default_run_dir(cfg.name))
-    return train_new(cfg, run, callbacks, prepared)
+    return train_new(cfg, run, callbacks, prepared, progress)
