@@ -453,7 +453,15 @@ class Config(_Section):
         ratio = epochs / train.epochs
         # A milestone keeps its place in the run, at least after the first epoch.
         schedule.milestones = [min(epochs, max(1, round(m * ratio))) for m in schedule.milestones]
-        schedule.warmup_epochs = schedule.warmup_epochs * ratio
+        # A per-epoch schedule counts whole epochs: its warm-up and decay keep at least one.
+        whole = schedule.interval == "epoch"
+        if schedule.warmup_epochs:
+            warmup = schedule.warmup_epochs * ratio
+            schedule.warmup_epochs = max(1, round(warmup)) if whole else warmup
+        if schedule.decay_start_epoch is not None:
+            schedule.decay_start_epoch = min(epochs - 1, round(schedule.decay_start_epoch * ratio))
+        if schedule.decay_epochs is not None:
+            schedule.decay_epochs = max(1, round(schedule.decay_epochs * ratio))
         if schedule.peak_epoch is not None:
             schedule.peak_epoch = schedule.peak_epoch * ratio
         train.epochs, train.epochs_scale = epochs, 1.0

@@ -39,6 +39,14 @@ def test_warmup_and_the_one_cycle_peak_scale_too():
     assert cfg.train.epochs == 5 and cfg.schedule.warmup_epochs == 1.0
 
 
+def test_a_per_epoch_schedule_scales_its_warmup_and_decay_in_whole_epochs():
+    # ReCU's CIFAR schedule: 5 warm-up epochs, a cosine of 596 epochs from epoch 4, 600 epochs.
+    cfg = load_config("recipes/cifar10/resnet20_1w1a.yaml", ["train.epochs_scale=0.01"])
+    s = cfg.schedule
+    assert cfg.train.epochs == 6 and s.interval == "epoch"
+    assert (s.warmup_epochs, s.decay_start_epoch, s.decay_epochs) == (1, 0, 6)
+
+
 def test_shortening_with_train_epochs_alone_names_the_option():
     with pytest.raises(
         UserError, match=r"80 lies outside 1..train.epochs \(1\).*train.epochs_scale"
