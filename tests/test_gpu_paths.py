@@ -92,8 +92,9 @@ def test_fp16_keeps_its_scaler_in_the_checkpoint_and_resumes_bit_for_bit(tmp_pat
 
 
 def test_compiled_run_learns_and_resumes_like_an_uncompiled_one(tmp_path):
-    compiled, compiled_resumed = whole_and_resumed(tmp_path / "c", compile=True)
-    _, plain_resumed = whole_and_resumed(tmp_path / "p", compile=False)
+    # fp32 both: precision=auto measures per machine and may pick bf16 for one of the two.
+    compiled, compiled_resumed = whole_and_resumed(tmp_path / "c", compile=True, precision="fp32")
+    _, plain_resumed = whole_and_resumed(tmp_path / "p", compile=False, precision="fp32")
     summary = json.loads((tmp_path / "c" / "whole" / "summary.json").read_text())
     assert summary["compile"] is True
     assert summary["final"]["train_loss"] < 0.5
