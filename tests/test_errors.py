@@ -25,7 +25,8 @@ def _error_line(capsys) -> str:
         ("train.epoch=3", "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
         ("train.batch_size=big", "config key 'train.batch_size'"),
         ("optim.lr=0", "config key 'optim.lr': Input should be greater than 0"),
-        ("data.name=imagenet", "config key 'data.name'"),
+        ("data.name=imagenet", "data.name=imagenet reads an image folder: set data.root=DIR"),
+        ("data.name=cifar11", "config key 'data.name': unknown dataset 'cifar11'"),
     ],
 )
 def test_bad_config_is_one_clear_line(tmp_path, capsys, override, expected):
