@@ -25,8 +25,8 @@ from cnnlab.run.resume_check import resume_config
 
 
 def method_callbacks(cfg: Config) -> list[Callback]:
-    """Return the callbacks of every method the config switches on, in registration order."""
-    return [cb for _, entry in METHODS.items() if entry.active(cfg) for cb in entry.callbacks(cfg)]
+    """Return the callbacks of every method the config switches on, in the methods' order."""
+    return [cb for _, entry in METHODS.items() if entry.active(cfg) for cb in entry.build(cfg)]
 
 
 def config_callbacks(cfg: Config, writer: bool = True) -> list[Callback]:
