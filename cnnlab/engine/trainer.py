@@ -509,7 +509,8 @@ class Trainer:
         return out
 
     def evaluate_splits(self, model: nn.Module, prefix: str = "") -> dict[str, float]:
-        """Evaluate `model` on val (if held out) and test; keys like f'{prefix}test_error'."""
+        """Evaluate `model` on the splits the run evaluates (val if held out, test unless
+        eval.test=false, test_plain with eval.random_crop_size); keys like f'{prefix}test_error'."""
         results = self._evaluate(model)
         return {f"{prefix}{split}_{k}": v for split, m in results.items() for k, v in m.items()}
 
