@@ -624,6 +624,7 @@ class Trainer:
             "device": str(self.device),
             "processes": self.dist.world,
             "global_batch": self.cfg.train.batch_size,
+            "batch_per_process": self.cfg.train.batch_size // self.dist.world,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
