@@ -68,7 +68,7 @@ def _fit(run_dir: Path, callbacks: list[Callback], resume: bool = False) -> None
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 10))
     cnnlab.Trainer(model, tiny_rgb_data(), callbacks=callbacks, run_dir=run_dir, resume=resume,
-                   **SETTINGS).fit()  # fmt: skip
+                   progress=False, **SETTINGS).fit()  # fmt: skip
 
 
 @pytest.fixture(scope="module")
