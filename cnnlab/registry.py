@@ -30,12 +30,16 @@ class UnknownName(UserError):
 
 class Registry(Generic[T]):
     """One kind's table of named entries; `builtin` is the package that registers the shipped
-    ones, imported on first use."""
+    ones, imported on first use. With `order`, the names of the shipped entries, `items` yields
+    those first in that order, then the others in registration order."""
 
-    def __init__(self, kind: str, builtin: str, hint: str = "") -> None:
+    def __init__(
+        self, kind: str, builtin: str, hint: str = "", order: tuple[str, ...] = ()
+    ) -> None:
         self.kind = kind
         self.builtin = builtin
         self.hint = hint  # where a user sees the names, e.g. "see `cnnlab models`"
+        self.order = order
         self._entries: dict[str, T] = {}
         self._loaded = False
 
@@ -43,6 +47,9 @@ class Registry(Generic[T]):
         if not self._loaded:
             self._loaded = True
             importlib.import_module(self.builtin)
+            if missing := [name for name in self.order if name not in self._entries]:
+                raise ValueError(f"{self.kind}s {missing} are ordered but {self.builtin} "
+                                 "does not register them")  # fmt: skip
 
     def add(self, name: str, entry: T) -> None:
         """Register `entry` under `name`; a name registered twice is a programming error."""
@@ -68,9 +75,11 @@ class Registry(Generic[T]):
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
 
     def items(self) -> Iterator[tuple[str, T]]:
-        """Yield (name, entry) in registration order."""
+        """Yield (name, entry): the built-in ones in `order` when given, the rest in
+        registration order."""
         self._load_builtin()
-        yield from list(self._entries.items())
+        rank = {name: i for i, name in enumerate(self.order)}
+        yield from sorted(self._entries.items(), key=lambda item: rank.get(item[0], len(rank)))
 
 
 def import_plugins(modules: list[str] | tuple[str, ...]) -> None:
@@ -190,7 +199,13 @@ def build_model(name: str, **options: Any) -> nn.Module:
 # Their entry types live with the code that uses them (cnnlab.data.datasets.DatasetEntry,
 # cnnlab.methods.registry.MethodEntry, cnnlab.methods.probes.Probe factories).
 DATASETS: Registry[Any] = Registry("dataset", "cnnlab.data.datasets", "see cnnlab.datasets.names()")
-METHODS: Registry[Any] = Registry("method", "cnnlab.methods")
+# The order in which the built-in methods' callbacks run at each hook of the loop (users'
+# methods follow). It decides, e.g., that the EMA metrics are in the epoch row before the probes
+# and reporters read it; it is fixed here, not by the order in which the modules are imported.
+METHOD_ORDER = (
+    "bn_momentum", "ema", "freeze", "lookahead", "nr", "patch_shuffle_features", "recu", "probes",
+)  # fmt: skip
+METHODS: Registry[Any] = Registry("method", "cnnlab.methods", order=METHOD_ORDER)
 PROBES: Registry[Any] = Registry("probe", "cnnlab.methods")
 
 
@@ -212,6 +227,14 @@ class MethodEntry:
     conflicts: Mapping[str, str] = field(default_factory=dict)
     check: Callable[[Any], str | None] | None = None
     doc: str = ""
+
+    def build(self, cfg: Any) -> list[Any]:
+        """Return the method's callbacks for `cfg`, their checkpoint state saved under the
+        method's name (stable whatever other callbacks a run has)."""
+        callbacks = self.callbacks(cfg)
+        for cb in callbacks:
+            cb.state_key = self.name
+        return callbacks
 
 
 def register_method(

@@ -1,6 +1,7 @@
 """DDP under torchrun: disjoint shards, one writer, learning, eval; one rank SIGKILLed, then
 resumed exactly; bad data on one rank stops every rank at once with its message."""
 
+import json
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ from cnnlab.errors import UserError
 from cnnlab.inference.evaluate_checkpoint import evaluate_checkpoint
 from tests.folder_helpers import make_image_folder
 from tests.helpers import (
+    TINY_CPU,
     assert_learned,
     assert_same_run,
     needs_fashion,
@@ -44,6 +46,7 @@ RUN_ARGS = [
     "train.device=cpu",
     "augment.crop_padding=2",
 ]
+ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {"config.yaml", "metrics.jsonl", "log.txt", "last.pt", "summary.json", "curves.png"}
 
 
@@ -79,16 +82,19 @@ def test_sync_bn_on_the_cpu_is_a_clear_error():
 
 
 def _torchrun(
-    *args: str, cwd: Path, fault: str | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess:
+    *args: str, cwd: Path, fault: str | None = None, timeout: float = 300,
+    program: tuple[str, ...] = ("-m", "cnnlab", "train"),
+) -> subprocess.CompletedProcess:  # fmt: skip
     launcher = Path(sys.executable).with_name("torchrun")
     cmd = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "torch.distributed.run"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # A script run from another folder imports this cnnlab, not an installed one.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("CNNLAB_FAULT", None)
     if fault is not None:
         env["CNNLAB_FAULT"] = fault
     return subprocess.run(
-        [*cmd, "--standalone", "--nproc_per_node=2", "-m", "cnnlab", "train", *args],
+        [*cmd, "--standalone", "--nproc_per_node=2", *program, *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -209,3 +215,36 @@ def test_a_bad_image_every_rank_meets_is_reported_once(tmp_path):
     run, lines = _failed_job(tmp_path, root)
     assert len(lines) == 1 and lines[0].startswith(f"cnnlab: error: {bad}: cannot read"), lines
     assert {p.name for p in run.iterdir()} <= {"config.yaml", "log.txt", "tensorboard"}
+
+
+# A user's script: one epoch, then the same run made two epochs long, through the Python API.
+API_SCRIPT = """
+import json, sys
+import cnnlab
+
+out = sys.argv[1]
+first = cnnlab.train(None, overrides=sys.argv[2:], out=out)
+second = cnnlab.train(resume=out, extend_epochs=2)
+print(json.dumps([first["epochs"], second["epochs"]]))
+"""
+
+
+@needs_fashion
+def test_cnnlab_train_under_torchrun_joins_the_job_and_extends_a_run(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(API_SCRIPT)
+    args = [*TINY_CPU, "train.epochs=1", "probes.enabled=false"]
+    done = _torchrun(str(tmp_path / "run"), *args, cwd=tmp_path, program=(str(script),))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("[1, 2]") == 2  # each rank trained both sessions
+    assert {p.name for p in tmp_path.iterdir()} == {"train.py", "run"}  # one run folder
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["epochs"] == 2
+    assert (summary["processes"], summary["global_batch"], summary["batch_per_process"]) == (
+        2,
+        64,
+        32,
+    )
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "data shards: 2 ranks read 128, 128 images this epoch, pairwise disjoint" in log
+    assert "extended from 1 to 2 epochs" in log

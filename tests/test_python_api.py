@@ -122,6 +122,8 @@ def test_the_api_names_unknown_names_and_bad_settings():
         cnnlab.Trainer(nn.Flatten(), data, epoch=3, batch_size=4)
     with pytest.raises(UserError, match="needs an nn.Module"):
         cnnlab.Trainer("resnet20", data)
+    with pytest.raises(UserError, match="extend_epochs lengthens a run: use it with resume="):
+        cnnlab.train(None, extend_epochs=5)
 
 
 @needs_fashion

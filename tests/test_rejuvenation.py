@@ -496,12 +496,12 @@ def test_resuming_a_compressed_run_rescales_once_and_keeps_the_file(tmp_path):
     train_new(cfg, run, [ZeroHalfScales(epoch=1)])
     saved = run.path / "NR_resnet20_0.6.pt"
     compressed = load_checkpoint(saved)
-    assert compressed["callbacks"][0]["rescaled"] is False
+    assert compressed["callbacks"]["nr"]["rescaled"] is False
     train_resume(cfg, RunFolder.open(run.path), [StopAfter(2)])
     log = (run.path / "log.txt").read_text()
     assert log.count("nr: neural rescaling") == 1
     state = load_checkpoint(run.last)
-    assert state["epoch"] == 2 and state["callbacks"][0]["rescaled"] is True
+    assert state["epoch"] == 2 and state["callbacks"]["nr"]["rescaled"] is True
     # The rebuilt file is the network as rebuilt, not the resumed run's.
     assert load_checkpoint(saved)["epoch"] == 1
     assert all(torch.equal(compressed["model"][k], v) for k, v in

@@ -56,7 +56,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run_with_every_op
 
     a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(killed / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    ema_a, ema_b = a["callbacks"][1]["weights"], b["callbacks"][1]["weights"]
+    ema_a, ema_b = a["callbacks"]["ema"]["weights"], b["callbacks"]["ema"]["weights"]
     assert ema_a.keys() == a["model"].keys()
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
     assert not all(torch.equal(ema_a[k], a["model"][k]) for k in ema_a)

@@ -1,4 +1,5 @@
-"""Weight EMA, BatchNorm-momentum policies and flip test-time augmentation."""
+"""Weight EMA (evaluated wherever the weights are), BatchNorm-momentum policies and flip
+test-time augmentation."""
 
 from types import SimpleNamespace
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import cnnlab
 from cnnlab.config import load_config
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.engine.evaluate import evaluate, predict
@@ -15,6 +17,7 @@ from cnnlab.methods.bn_momentum import BNMomentum
 from cnnlab.methods.ema import WeightEMA
 from cnnlab.methods.probes import ProbeCallback
 from cnnlab.run.training import config_callbacks
+from tests.helpers import TINY_CPU, needs_fashion, read_metrics
 
 
 def bn_net():
@@ -141,3 +144,20 @@ def test_the_cli_offers_every_tta_mode_the_config_accepts():
     from cnnlab.config import EvalConfig
 
     assert TTA_MODES == get_args(EvalConfig.model_fields["tta"].annotation)
+
+
+@needs_fashion
+@pytest.mark.parametrize(
+    "view",
+    [
+        ["eval.test=false"],  # tuning: judged on the validation split alone
+        ["eval.random_crop_size=24"],  # val, test and the test split as it is (test_plain)
+    ],
+)
+def test_ema_is_evaluated_on_every_split_the_epoch_evaluates(tmp_path, view):
+    args = [*TINY_CPU, "train.epochs=1", "data.val_size=64", "ema.decay=0.5", *view]
+    cnnlab.train(None, overrides=args, out=tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    raw = {k for k in rows[-1] if k.startswith(("val_", "test_")) and "per_s" not in k}
+    ema = {k.removeprefix("ema_") for k in rows[-1] if k.startswith("ema_") and "per_s" not in k}
+    assert "val_error" in raw and ema == raw

@@ -35,7 +35,7 @@ from cnnlab.data.datasets import Splits, load
 from cnnlab.data.pipeline import DataBundle, check_batch, make_loaders
 from cnnlab.engine import distributed
 from cnnlab.engine.backends import apply_backend_policy, deterministic_pooling
-from cnnlab.engine.callbacks import Callback
+from cnnlab.engine.callbacks import Callback, state_keys
 from cnnlab.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
@@ -333,10 +333,25 @@ class Trainer:
         self.best = dict(state["best"])
         self.elapsed_before = state["elapsed"]
         self._flops = state.get("flops", self._flops)
-        for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
-            cb.load_state_dict(cb_state)
+        self._restore_callbacks(state.get("callbacks", {}))
         self.run.log(f"resumed after epoch {self.epoch} (step {self.step})")
         self._started = True
+
+    def _restore_callbacks(self, saved: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Hand each callback the state saved under its key (a callback new to the run keeps
+        its fresh state); checkpoints that kept a list are read by position, as they were."""
+        if isinstance(saved, list):
+            for cb, cb_state in zip(self.callbacks, saved):
+                cb.load_state_dict(cb_state)
+            return
+        keys = state_keys(self.callbacks)
+        for cb, key in zip(self.callbacks, keys):
+            if key in saved:
+                cb.load_state_dict(saved[key])
+        for key, cb_state in saved.items():
+            if key not in keys and cb_state:
+                self.run.log(f"note: the checkpoint holds state of callback '{key}', which this "
+                             "run does not have; it is not used")  # fmt: skip
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Return everything needed to continue this run exactly (a collective under DDP:
@@ -360,7 +375,9 @@ class Trainer:
             "best": self.best,
             "elapsed": self.elapsed_before + time.perf_counter() - self.started,
             "numerics": numerics_dict(self.numerics),
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "callbacks": {
+                key: cb.state_dict() for key, cb in zip(state_keys(self.callbacks), self.callbacks)
+            },
             "architecture": self.architecture,
             "extra_epochs": self.extra_epochs,
             "processes": self.dist.world,
@@ -492,7 +509,8 @@ class Trainer:
         return out
 
     def evaluate_splits(self, model: nn.Module, prefix: str = "") -> dict[str, float]:
-        """Evaluate `model` on val (if held out) and test; keys like f'{prefix}test_error'."""
+        """Evaluate `model` on the splits the run evaluates (val if held out, test unless
+        eval.test=false, test_plain with eval.random_crop_size); keys like f'{prefix}test_error'."""
         results = self._evaluate(model)
         return {f"{prefix}{split}_{k}": v for split, m in results.items() for k, v in m.items()}
 
@@ -606,6 +624,7 @@ class Trainer:
             "device": str(self.device),
             "processes": self.dist.world,
             "global_batch": self.cfg.train.batch_size,
+            "batch_per_process": self.cfg.train.batch_size // self.dist.world,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),

@@ -38,6 +38,7 @@ class WeightEMA(Callback):
         self._saved: dict[str, torch.Tensor] | None = None
         self._floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self._ints: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._evaluated = False  # the raw weights were evaluated in the current epoch
 
     def on_train_start(self, trainer: Trainer) -> None:
         """Copy the (placed, possibly restored) model and pair its tensors with the live ones."""
@@ -59,9 +60,18 @@ class WeightEMA(Callback):
         for target, source in self._ints:
             target.copy_(source)
 
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Forget the previous epoch's evaluation."""
+        self._evaluated = False
+
+    def on_eval_end(self, trainer: Trainer, split: str, metrics: dict[str, float]) -> None:
+        """Note that the raw weights were evaluated this epoch."""
+        self._evaluated = True
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
-        """Evaluate the averaged weights wherever the raw weights were evaluated this epoch."""
-        if "test_error" in row:
+        """Evaluate the averaged weights whenever the raw weights were evaluated this epoch, on
+        the same splits (val, test, test_plain: whichever the run has)."""
+        if self._evaluated:
             row.update(trainer.evaluate_splits(self.model, prefix="ema_"))
 
     def state_dict(self) -> dict[str, Any]:

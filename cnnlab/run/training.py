@@ -20,13 +20,14 @@ from cnnlab.engine.checkpoint import atomic_write_text, seed_everything
 from cnnlab.engine.run_folder import RunFolder, default_run_dir
 from cnnlab.engine.tensorboard import TensorBoardWriter, tensorboard_available
 from cnnlab.engine.trainer import Trainer, resolve_device
+from cnnlab.errors import UserError
 from cnnlab.registry import METHODS, build_model
 from cnnlab.run.resume_check import resume_config
 
 
 def method_callbacks(cfg: Config) -> list[Callback]:
-    """Return the callbacks of every method the config switches on, in registration order."""
-    return [cb for _, entry in METHODS.items() if entry.active(cfg) for cb in entry.callbacks(cfg)]
+    """Return the callbacks of every method the config switches on, in the methods' order."""
+    return [cb for _, entry in METHODS.items() if entry.active(cfg) for cb in entry.build(cfg)]
 
 
 def config_callbacks(cfg: Config, writer: bool = True) -> list[Callback]:
@@ -116,22 +117,35 @@ def train(
     resume: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
+    extend_epochs: int | None = None,
 ) -> dict[str, Any]:
     """Train a run described by `config` (a Config, a dict of sections, a recipe path, or None
     for the default recipe) in run folder `out` (default `runs/<name>-<time>`), or continue the
-    run folder `resume`; return its summary. `progress` prints each epoch's line and the
-    numerics in force (a live bar on a terminal), as `cnnlab train` does."""
+    run folder `resume` (made `extend_epochs` long when given); return its summary. `progress`
+    prints each epoch's line and the numerics in force (a live bar on a terminal), as
+    `cnnlab train` does.
+
+    Under torchrun each process joins the job (as `cnnlab train` does): every rank trains its
+    shard, rank 0 alone writes the run folder and prints.
+    """
     if resume is not None:
-        run = RunFolder.open(Path(resume))
-        # refuses an edited config
-        return train_resume(resume_config(run), run, callbacks, progress)
+        device = load_config(RunFolder.open(Path(resume)).config).train.device
+        run = RunFolder.open(Path(resume), writer=distributed.init_from_env(device).is_main)
+        # resume_config refuses an edited config.yaml.
+        return train_resume(resume_config(run, extend_epochs), run, callbacks, progress)
+    if extend_epochs is not None:
+        raise UserError("extend_epochs lengthens a run: use it with resume=RUN")
     if isinstance(config, Config | dict):
         raw = config.model_dump(mode="json") if isinstance(config, Config) else config
         cfg = validate(apply_overrides(raw, list(overrides)))
     else:
         cfg = load_config(config, list(overrides))
+    info = distributed.init_from_env(cfg.train.device)
     if out is not None:
-        RunFolder.check_new(Path(out))  # before the slow reading of the data
+        distributed.on_main(lambda: RunFolder.check_new(Path(out)))  # before reading the data
     prepared = prepare_run(cfg)  # data and model errors before the folder exists
-    run = RunFolder.create(Path(out) if out is not None else default_run_dir(cfg.name))
-    return train_new(cfg, run, callbacks, prepared, progress)
+    # Rank 0 picks (the timestamped default) and creates the folder; the others follow it.
+    path = distributed.on_main(
+        lambda: RunFolder.create(Path(out) if out is not None else default_run_dir(cfg.name)).path
+    )
+    return train_new(cfg, RunFolder(path, writer=info.is_main), callbacks, prepared, progress)
