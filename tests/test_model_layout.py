@@ -7,7 +7,7 @@ import cnnlab
 
 PACKAGE = Path(cnnlab.__file__).parent
 # Modules of cnnlab/models that are not a family: layers, blocks and protocols families share.
-SHARED = {"layers", "blocks", "dense_blocks", "unit_graph", "nr_layers", "binary"}
+SHARED = {"layers", "blocks", "dense_blocks", "unit_graph", "nr_layers", "binary", "binary_blocks"}
 
 
 def cnnlab_imports(path: Path) -> set[str]:

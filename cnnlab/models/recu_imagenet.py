@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cnnlab.models.binary import BinaryConv2d
-from cnnlab.models.recu_nets import DoubleShortcutBlock
+from cnnlab.models.binary_blocks import DoubleShortcutBlock
 from cnnlab.registry import register_variant
 
 
@@ -82,6 +82,7 @@ def _stages(block: type[nn.Module], blocks: Sequence[int], width: int) -> nn.Seq
 class ReCUImageNetResNet(nn.Module):
     """ReCU's one-stage ImageNet ResNet 1W1A (imagenet/models_imagenet/resnet.py)."""
 
+    image_size = 224  # the input side it is designed for (`cnnlab models`)
     binary = True
 
     def __init__(
@@ -143,6 +144,7 @@ class _ShiftedBlock(nn.Module):
 class ReCUTwoStageResNet(nn.Module):
     """ReCU's two-stage (ReActNet-like) ImageNet ResNet (imagenet_two-stage/models_imagenet)."""
 
+    image_size = 224  # the input side it is designed for (`cnnlab models`)
     binary = True
 
     def __init__(

@@ -15,35 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.models.binary import BinaryConv2d
+from cnnlab.models.binary_blocks import BinaryBlock, DoubleShortcutBlock
 from cnnlab.models.layers import stage_blocks
 from cnnlab.registry import register_variant
-
-
-class PoolPadShortcut(nn.Module):
-    """Parameter-free shortcut: 2x2 average pool when striding, zero channels on both sides."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
-        super().__init__()
-        if out_ch < in_ch or (out_ch - in_ch) % 2:
-            raise ValueError(f"pool-pad shortcut cannot map {in_ch} to {out_ch} channels")
-        self.stride = stride
-        self.side = (out_ch - in_ch) // 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Average-pool (when striding) and zero-pad the channels."""
-        if self.stride > 1:
-            x = F.avg_pool2d(x, self.stride, ceil_mode=True)
-        return F.pad(x, (0, 0, 0, 0, self.side, self.side)) if self.side else x
-
-
-def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:
-    if in_ch == out_ch and stride == 1:
-        return nn.Identity()
-    return PoolPadShortcut(in_ch, out_ch, stride)
 
 
 def _kaiming(model: nn.Module) -> None:
@@ -72,30 +49,6 @@ def _stages(
 def _head(channels: int) -> nn.Sequential:
     """ReCU's ResNet head before the classifier: global average pool, flatten, BatchNorm1d."""
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(channels))
-
-
-class _BinaryBlock(nn.Module):
-    """The layers both ReCU ResNet blocks share; the subclasses wire them differently."""
-
-    def __init__(self, in_ch: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = BinaryConv2d(in_ch, planes, stride=stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.act1 = nn.Hardtanh()
-        self.conv2 = BinaryConv2d(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.act2 = nn.Hardtanh()
-        self.shortcut = _shortcut(in_ch, planes, stride)
-
-
-class DoubleShortcutBlock(_BinaryBlock):
-    """ReCU ResNet-20 block (Bi-Real style, a shortcut around each binary conv):
-    h = HT(BN(bconv1(x)) + sc(x)); out = HT(BN(bconv2(h)) + h)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Two binary convs, each with its own shortcut."""
-        h = self.act1(self.bn1(self.conv1(x)) + self.shortcut(x))
-        return self.act2(self.bn2(self.conv2(h)) + h)
 
 
 class ReCUResNet20(nn.Module):
@@ -127,7 +80,7 @@ class ReCUResNet20(nn.Module):
         return self.fc(self.head(self.stages(self.stem(x))))
 
 
-class _SingleShortcutBlock(_BinaryBlock):
+class _SingleShortcutBlock(BinaryBlock):
     """ReCU ResNet-18 block: HT(BN(bconv2(HT(BN(bconv1(x))))) + sc(x))."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
